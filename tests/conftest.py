@@ -1,0 +1,71 @@
+"Shared test helpers: free ports, process groups, and a real `bentoml serve` of a promoted model."
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+READY_TIMEOUT = 90  # seconds
+
+
+def free_port() -> int:
+    "A TCP port the OS says is free right now"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    "Stop `proc`'s process group (SIGTERM, then SIGKILL), and any descendant that left the group"
+    try: kids = psutil.Process(proc.pid).children(recursive=True)  # BentoML's workers run in their own sessions
+    except psutil.NoSuchProcess: kids = []
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        if proc.poll() is not None: break
+        try: os.killpg(proc.pid, sig)
+        except ProcessLookupError: break
+        try: proc.wait(wait)
+        except subprocess.TimeoutExpired: pass
+    _, alive = psutil.wait_procs(kids, timeout=grace)
+    for k in alive:
+        try: k.kill()
+        except psutil.NoSuchProcess: pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+@contextlib.contextmanager
+def bentoml_serve(home: Path, name: str, log: Path, workdir: Path, cwd: Path = ROOT):
+    "Run `bentoml serve mlflow_template.service:ModelService` on a free port until the block ends; yield its URL"
+    env = {**os.environ, "BENTOML_HOME": str(home), "MLFLOW_TEMPLATE_MODEL_NAME": name,
+           "MLFLOW_TEMPLATE_PREDICTION_LOG": str(log), "BENTOML_DO_NOT_TRACK": "True"}
+    for attempt in range(3):  # a port taken between free_port() and bind is retried, not a flaky failure
+        port, out = free_port(), workdir / f"serve-{attempt}.log"
+        with open(out, "wb") as f:
+            proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "mlflow_template.service:ModelService",
+                                     "--host", "127.0.0.1", "--port", str(port)],
+                                    cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + READY_TIMEOUT
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200: break
+                except httpx.TransportError: pass
+                time.sleep(0.25)
+            else:
+                text = out.read_text(errors="replace")
+                if proc.poll() is not None and "address already in use" in text.lower() and attempt < 2: continue
+                pytest.fail(f"bentoml serve was not ready within {READY_TIMEOUT}s (exit code {proc.poll()}):\n{text[-3000:]}")
+            yield url
+            return
+        finally:
+            stop_group(proc)

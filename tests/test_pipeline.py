@@ -1,0 +1,165 @@
+"""The pipeline end to end: the real `mlflow-template` command running every runbook with papermill in a copy of
+the project, its reports, its failures, and the promoted model served by a real `bentoml serve`."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import nbformat
+import pandas as pd
+import pytest
+
+from mlflow_template.synthetic import make_churn
+
+from conftest import BIN, ROOT, bentoml_serve
+
+pytestmark = pytest.mark.slow
+
+RUNBOOKS = sorted(p.name for p in (ROOT / "nbs" / "pipeline").glob("[0-9]*.ipynb"))
+SMALL = ["--set", "acquire.source=synthetic://churn?rows=3000&seed=42", "--set", "explore.profile_rows=1000",
+         "--set", "train.n_iter=2", "--set", "evaluate.cv_folds=2", "--set", "evaluate.importance_repeats=1",
+         "--set", "monitor.current_source=synthetic://churn?rows=1500&seed=7&shift_monthly_charges=25&concept=0.8"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    "A copy of the project's settings and runbooks in a temporary folder, with its own BentoML store"
+    path = tmp_path_factory.mktemp("project")
+    for f in ("pyproject.toml", "settings.ini"): shutil.copy(ROOT / f, path / f)
+    shutil.copytree(ROOT / "nbs" / "pipeline", path / "nbs" / "pipeline", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    (path / "reports").mkdir()
+    env = {**__import__("os").environ, "BENTOML_HOME": str(path / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "True"}
+    return SimpleNamespace(path=path, env=env, store=path / "bentoml_home")
+
+
+def cli(project, *args, timeout=900):
+    return subprocess.run([str(BIN / "mlflow-template"), *args], cwd=project.path, env=project.env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_folders(project) -> set:
+    return {p.name for p in (project.path / "reports").iterdir() if p.is_dir() and not p.is_symlink()}
+
+
+@pytest.fixture(scope="module")
+def good_run(project):
+    r = cli(project, "run", *SMALL)
+    assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
+    run_dir = project.path / r.stdout.strip().splitlines()[-1]
+    return SimpleNamespace(result=r, dir=run_dir, record=json.loads((run_dir / "run.json").read_text()))
+
+
+def test_run_links_eight_executed_runbooks(project, good_run):
+    latest = project.path / "reports" / "latest"
+    assert latest.resolve() == good_run.dir.resolve()
+    index = (latest / "index.html").read_text()
+    links = set(re.findall(r'href="([^"]+)"', index))
+    assert len(RUNBOOKS) == 8
+    for nb in RUNBOOKS:
+        html = nb.replace(".ipynb", ".html")
+        assert {nb, html} <= links, f"index.html does not link {nb} and {html}"
+        assert (latest / nb).is_file() and (latest / html).is_file()
+        executed = nbformat.read(latest / nb, as_version=4)
+        assert not [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                    if o.get("output_type") == "error"], f"{nb} has an error output"
+
+
+def test_run_json_records_every_stage(good_run):
+    rec = good_run.record
+    assert rec["status"] == "ok"
+    assert [s["stage"] for s in rec["stages"]] == ["scope", "acquire", "prepare", "explore", "train", "evaluate",
+                                                    "deploy", "monitor"]
+    assert all(s["status"] == "ok" and s["seconds"] > 0 for s in rec["stages"])
+    assert rec["parameters"]["acquire"]["source"] == "synthetic://churn?rows=3000&seed=42"  # the override was used
+    assert rec["parameters"]["train"]["n_iter"] == 2
+    provenance = json.loads((good_run.dir / "provenance.json").read_text())
+    assert rec["artifacts"]["raw.parquet"]["sha256"] == provenance["snapshot_sha256"]
+    assert rec["versions"]["bentoml"] and rec["versions"]["scikit-learn"]
+
+
+def test_reports_use_project_relative_paths(project, good_run):
+    for f in good_run.dir.iterdir():
+        if f.suffix in (".ipynb", ".html", ".json"):
+            assert str(project.path) not in f.read_text(errors="replace"), f"{f.name} holds an absolute path"
+
+
+def test_stages_hand_over_real_artifacts(good_run):
+    d = good_run.dir
+    raw = pd.read_parquet(d / "raw.parquet")
+    splits = {n: pd.read_parquet(d / f"{n}.parquet") for n in ("train", "valid", "test")}
+    assert len(raw) == 3030  # 3000 customers + 1% exact duplicates
+    assert sum(map(len, splits.values())) < len(raw)  # duplicates removed
+    ids = [set(s.customer_id) for s in splits.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])  # no id straddles splits
+    assert splits["train"].signup_date.max() <= splits["test"].signup_date.min()  # split by time
+    gate = json.loads((d / "gate.json").read_text())
+    metrics = json.loads((d / "metrics.json").read_text())["test"]
+    assert gate["passed"] and 0.7 < metrics["roc_auc"] < 0.85
+    deploy = json.loads((d / "deploy.json").read_text())
+    assert deploy["promoted"] and deploy["tag"].startswith("churn_model:")
+    alerts = json.loads((d / "alerts.json").read_text())
+    assert "monthly_charges" in {a["feature"] for a in alerts}  # the drift injected into the batch is caught
+    assert "Gate: PASSED" in (d / "model_card.md").read_text()
+    assert "Figure:" in (d / "05_train.html").read_text()
+    assert "<html" in (d / "profile.html").read_text()[:2000].lower()
+
+
+def test_promoted_model_answers_over_http(project, good_run, tmp_path):
+    tag = json.loads((good_run.dir / "deploy.json").read_text())["tag"]
+    records = make_churn(3, seed=123, duplicates=0, missing=0).drop(columns="churn")
+    records["signup_date"] = records.signup_date.dt.strftime("%Y-%m-%d")
+    log = tmp_path / "predictions.jsonl"
+    with bentoml_serve(project.store, "churn_model", log, tmp_path) as url:
+        r = httpx.post(f"{url}/predict", json={"records": records.to_dict(orient="records")}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == tag
+    assert [p["id"] for p in body["predictions"]] == records.customer_id.tolist()
+    assert all(0 <= p["probability"] <= 1 and p["label"] in ("Yes", "No") for p in body["predictions"])
+    assert len(log.read_text().splitlines()) == 3
+
+
+def test_unknown_setting_is_named_and_nothing_runs(project):
+    before = run_folders(project)
+    r = cli(project, "run", "--set", "train.no_such_key=1")
+    assert r.returncode != 0
+    assert "train.no_such_key" in r.stderr
+    assert run_folders(project) == before
+
+
+def test_wrong_type_is_named(project):
+    r = cli(project, "run", "--set", "train.n_iter=many")
+    assert r.returncode != 0 and "train.n_iter: expected a int" in r.stderr
+
+
+def test_failing_stage_keeps_its_notebook_and_exits_nonzero(project):
+    r = cli(project, "run", "--set", "acquire.source=data/raw/no_such_file.csv", "--stages", "scope,acquire,prepare")
+    assert r.returncode == 1, r.stdout + r.stderr
+    d = project.path / r.stdout.strip().splitlines()[-1]
+    rec = json.loads((d / "run.json").read_text())
+    assert rec["status"] == "failed"
+    assert [(s["stage"], s["status"]) for s in rec["stages"]] == [("scope", "ok"), ("acquire", "failed"),
+                                                                   ("prepare", "skipped")]
+    assert "no_such_file.csv" in rec["stages"][1]["error"]
+    executed = nbformat.read(d / "02_acquire.ipynb", as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors and errors[0]["ename"] == "FileNotFoundError"
+    index = (d / "index.html").read_text()
+    assert 'class="failed">failed' in index and "no_such_file.csv" in index and 'href="02_acquire.html"' in index
+
+
+def test_one_runbook_runs_alone_with_papermill(project, good_run):
+    alone = project.path / "reports" / "alone"
+    shutil.copytree(good_run.dir, alone)
+    (alone / "model.skops").unlink()
+    r = subprocess.run([str(BIN / "papermill"), "nbs/pipeline/05_train.ipynb", str(alone / "05_train.ipynb"),
+                        "-p", "run_dir", "reports/alone", "-p", "n_iter", "1", "-k", "python3"],
+                       cwd=project.path, env=project.env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (alone / "model.skops").is_file()
+    assert json.loads((alone / "train.json").read_text())["leaderboard"][0]["settings tried"] == 1
