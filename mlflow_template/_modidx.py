@@ -8,6 +8,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'mlflow_template/acquire.py')},
             'mlflow_template.cli': { 'mlflow_template.cli._digest': ('cli.html#_digest', 'mlflow_template/cli.py'),
                                      'mlflow_template.cli._parser': ('cli.html#_parser', 'mlflow_template/cli.py'),
+                                     'mlflow_template.cli._source_notebook': ('cli.html#_source_notebook', 'mlflow_template/cli.py'),
                                      'mlflow_template.cli.check_sync': ('cli.html#check_sync', 'mlflow_template/cli.py'),
                                      'mlflow_template.cli.main': ('cli.html#main', 'mlflow_template/cli.py'),
                                      'mlflow_template.cli.render_readme': ('cli.html#render_readme', 'mlflow_template/cli.py')},
