@@ -164,3 +164,21 @@ def test_one_runbook_runs_alone_with_papermill(project, good_run):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (alone / "model.skops").is_file()
     assert json.loads((alone / "train.json").read_text())["leaderboard"][0]["settings tried"] == 1
+
+
+def _versions(project) -> list:
+    return sorted(p.name for p in (project.store / "models" / "churn_model").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("why, extra", [
+    ("not better than the champion", []),  # the same settings again: a tie keeps the served model
+    ("the gate failed", ["--set", 'scope.success_thresholds={"min_roc_auc": 0.99}']),
+])
+def test_failed_or_no_better_model_never_replaces_the_served_one(project, good_run, why, extra):
+    served = json.loads((good_run.dir / "deploy.json").read_text())["tag"]
+    before = _versions(project)
+    r = cli(project, "run", *SMALL, *extra, "--stages", "scope,acquire,prepare,train,evaluate,deploy")
+    assert r.returncode == 0, r.stderr[-3000:]
+    outcome = json.loads((project.path / r.stdout.strip().splitlines()[-1] / "deploy.json").read_text())
+    assert outcome["promoted"] is False and why in outcome["reason"]
+    assert _versions(project) == before and served.split(":")[1] in before
