@@ -70,6 +70,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'mlflow_template.deploy._get': ('deploy.html#_get', 'mlflow_template/deploy.py'),
                                         'mlflow_template.deploy._jsonable': ('deploy.html#_jsonable', 'mlflow_template/deploy.py'),
                                         'mlflow_template.deploy._no_none': ('deploy.html#_no_none', 'mlflow_template/deploy.py'),
+                                        'mlflow_template.deploy._num': ('deploy.html#_num', 'mlflow_template/deploy.py'),
                                         'mlflow_template.deploy._plain': ('deploy.html#_plain', 'mlflow_template/deploy.py'),
                                         'mlflow_template.deploy.compare_with_champion': ( 'deploy.html#compare_with_champion',
                                                                                           'mlflow_template/deploy.py'),
