@@ -123,6 +123,12 @@ def test_promoted_model_answers_over_http(project, good_run, tmp_path):
     assert [p["id"] for p in body["predictions"]] == records.customer_id.tolist()
     assert all(0 <= p["probability"] <= 1 and p["label"] in ("Yes", "No") for p in body["predictions"])
     assert len(log.read_text().splitlines()) == 3
+    # the monitoring stage reads the service's own prediction log back as current data
+    r = cli(project, "run", "--stages", "monitor", "--run-dir", str(good_run.dir), "--set", f"monitor.current_source={log}",
+            "--set", 'monitor.current_options={"flatten": True}')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    drift = json.loads((good_run.dir / "drift.json").read_text())
+    assert (drift["rows"], drift["accepted"], drift["quarantined"]) == (3, 3, 0)
 
 
 def test_unknown_setting_is_named_and_nothing_runs(project):
