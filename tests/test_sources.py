@@ -93,6 +93,17 @@ def test_http_404_is_a_clear_error_with_the_token_redacted(file_server):
     assert "hush-hush" not in str(e.value)
 
 
+def test_file_url_takes_credentials_from_the_environment(file_server, monkeypatch):
+    monkeypatch.setenv("FILE_TOKEN", "s3cr3t-value")
+    same(load_source(f"{file_server}/x.csv?sig=${{FILE_TOKEN}}", progress=False), FRAME)  # expanded when reading
+    with pytest.raises(FileNotFoundError) as e:
+        load_source(f"{file_server}/missing.csv?dl=${{FILE_TOKEN}}", progress=False)
+    assert "s3cr3t-value" not in str(e.value) and "${FILE_TOKEN}" in str(e.value)
+    monkeypatch.delenv("FILE_TOKEN")
+    with pytest.raises(KeyError, match="FILE_TOKEN"):
+        load_source(f"{file_server}/x.csv?sig=${{FILE_TOKEN}}", progress=False)
+
+
 # ---------------------------------------------------------------- files over s3://
 
 BUCKET = "acquire-test"
