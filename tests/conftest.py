@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 READY_TIMEOUT = 90  # seconds
+
+
+def copy_project(dest: Path) -> Path:
+    "The project's settings and runbooks copied into `dest` (with an empty reports/), where the CLI can run them"
+    for f in ("pyproject.toml", "settings.ini"): shutil.copy(ROOT / f, dest / f)
+    shutil.copytree(ROOT / "nbs" / "pipeline", dest / "nbs" / "pipeline", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    (dest / "reports").mkdir(exist_ok=True)
+    return dest
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from sklearn import datasets
 
-from conftest import BIN, ROOT, bentoml_serve
+from conftest import BIN, ROOT, bentoml_serve, copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -70,13 +70,10 @@ DATASETS = {"breast_cancer": (breast_cancer, {"min_roc_auc": 0.95, "min_recall":
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     "A copy of the project's settings and runbooks, the data files under data/raw/, and its own BentoML store"
-    path = tmp_path_factory.mktemp("datasets")
-    for f in ("pyproject.toml", "settings.ini"): shutil.copy(ROOT / f, path / f)
-    shutil.copytree(ROOT / "nbs" / "pipeline", path / "nbs" / "pipeline", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    path = copy_project(tmp_path_factory.mktemp("datasets"))
     shutil.copytree(ROOT / "tests" / "settings", path / "settings")
     raw = path / "data" / "raw"
     raw.mkdir(parents=True)
-    (path / "reports").mkdir()
     drifted = {name: writer(raw) for name, (writer, _, _) in DATASETS.items()}
     env = {**os.environ, "BENTOML_HOME": str(path / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "True"}
     return SimpleNamespace(path=path, env=env, store=path / "bentoml_home", drifted=drifted)

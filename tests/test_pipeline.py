@@ -16,7 +16,7 @@ import pytest
 
 from mlflow_template.synthetic import make_churn
 
-from conftest import BIN, ROOT, bentoml_serve
+from conftest import BIN, ROOT, bentoml_serve, copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +29,7 @@ SMALL = ["--set", "acquire.source=synthetic://churn?rows=3000&seed=42", "--set",
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     "A copy of the project's settings and runbooks in a temporary folder, with its own BentoML store"
-    path = tmp_path_factory.mktemp("project")
-    for f in ("pyproject.toml", "settings.ini"): shutil.copy(ROOT / f, path / f)
-    shutil.copytree(ROOT / "nbs" / "pipeline", path / "nbs" / "pipeline", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    (path / "reports").mkdir()
+    path = copy_project(tmp_path_factory.mktemp("project"))
     env = {**__import__("os").environ, "BENTOML_HOME": str(path / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "True"}
     return SimpleNamespace(path=path, env=env, store=path / "bentoml_home")
 
