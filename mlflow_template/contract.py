@@ -104,14 +104,14 @@ def validate_rows(
         elif dtype == "bool": accepted = accepted.astype({c: bool})
     return accepted, df.loc[bad].assign(quarantine_reason=reasons[bad])
 
-# %% ../nbs/00_contract.ipynb #2403552d
+# %% ../nbs/00_contract.ipynb #239ae4bc
 def contract_report(
     df: pd.DataFrame,  # new data
     contract: dict,    # from `learn_contract`
 ) -> pd.DataFrame:
     "Per column: rows that `validate_rows` would quarantine (missing, wrong type) and warnings (out of range, unseen category)"
     rows = []
-    known = set(contract["features"]) | {contract.get("target"), contract.get("id_column")}
+    known = set(contract["features"]) | {contract.get("target"), contract.get("id_column"), contract.get("time_column")}
     for c in contract["features"]:
         rule = contract["columns"][c]
         if c not in df.columns:

@@ -14,10 +14,11 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from mlflow_template.core import dump_model, load_model_file, write_json, write_parquet
-from mlflow_template.prepare import (build_preprocessor, clean_target, clip_report, contract_report, deduplicate,
-                                     drop_columns, feature_roles, leakage_check, learn_contract, repair_types,
-                                     split_data, validate_rows)
+from mlflow_template.contract import contract_report, learn_contract, validate_rows
+from mlflow_template.core import write_json, write_parquet
+from mlflow_template.features import build_preprocessor, clip_report, drop_columns, feature_roles, leakage_check
+from mlflow_template.modelfile import dump_model, load_model_file
+from mlflow_template.prepare import clean_target, deduplicate, repair_types, split_data
 from mlflow_template.scope import ProblemSpec
 from mlflow_template.synthetic import make_churn
 
