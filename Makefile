@@ -14,7 +14,7 @@ help:
 	@echo "make test     set up if needed, then every check that CI runs"
 	@echo "make serve    serve the newest promoted model with 'bentoml serve'"
 	@echo "make monitor  run the monitoring stage on the newest run"
-	@echo "make lab      JupyterLab on this project"
+	@echo "make lab      JupyterLab on this project, at http://127.0.0.1:$${PORT:-8888}"
 	@echo "make readme   regenerate README.md from nbs/index.ipynb"
 	@echo "make clean    remove generated data, reports and the virtual environment"
 
@@ -43,8 +43,10 @@ serve: $(STAMP)
 monitor: $(STAMP)
 	$(BIN)/mlflow-template run --stages monitor --run-dir reports/latest $(ARGS)
 
+# Local only (127.0.0.1), no browser (containers and remote shells have none), on $PORT (default 8888);
+# jupyter refuses to run as root (containers, CI) unless told --allow-root.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=.
+	$(BIN)/jupyter lab --notebook-dir=. --no-browser --ip 127.0.0.1 --port $${PORT:-8888} $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 docs readme: $(STAMP)
 	$(BIN)/mlflow-template readme

@@ -71,15 +71,25 @@ def runbook_parameters(
         out[node.target.id] = {"type": kind, "default": ast.get_source_segment(src, node.value)}
     return out
 
-# %% ../nbs/00_settings.ipynb #93617c8d
+# %% ../nbs/00_settings.ipynb #6967d18b
+def _a(kind: str) -> str: return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
 def parse_value(
     raw: str,             # the text after `=` in settings.ini or --set
     kind: str = "None",   # the runbook's annotation: str, int, float, bool, list, dict (None: any literal)
     where: str = "value", # `section.key`, for the error message
+    default: str | None = None,  # the runbook's default as written (its source text), for the error message
 ):
     "Turn setting text into a typed value for a parameter annotated `kind`, or raise naming `where`"
     raw = raw.strip()
-    if raw == "" or raw == "None": return None
+    if raw == "None": return None
+    if raw == "":
+        if kind == "str": return ""
+        if kind == "None" or (default or "").strip() == "None": return None  # nothing to check it against
+        stage, _, _ = where.partition(".")
+        raise SettingsError(f"{where}: empty, but the {stage} runbook needs {_a(kind)}"
+                            + (f" (its default is {default})" if default is not None else "")
+                            + ": give a value, or leave the key out to use the default")
     if kind == "str":
         if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
             try: val = ast.literal_eval(raw)
@@ -136,7 +146,7 @@ def apply_overrides(
         else: sections.setdefault(sec, {})[key] = val.strip()
     return Settings(defaults, sections, settings.path)
 
-# %% ../nbs/00_settings.ipynb #42659656
+# %% ../nbs/00_settings.ipynb #803204c4
 def resolve(
     settings: Settings,         # raw settings (after overrides)
     params: dict,               # stage -> runbook_parameters(...) for every runbook
@@ -160,7 +170,7 @@ def resolve(
                 continue
             if key in RESERVED:
                 errors.append(f"{stage}.{key}: set by the runner, not in settings"); continue
-            try: vals[key] = parse_value(raw, decl[key]["type"], f"{stage}.{key}")
+            try: vals[key] = parse_value(raw, decl[key]["type"], f"{stage}.{key}", decl[key].get("default"))
             except SettingsError as e: errors.append(str(e))
         out[stage] = vals
     if errors: raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))

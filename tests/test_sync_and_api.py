@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-import mlflow_template.cli, mlflow_template.runner, mlflow_template.scope, mlflow_template.settings
+import mlflow_template.cli, mlflow_template.pages, mlflow_template.runfolder, mlflow_template.runner
+import mlflow_template.scope, mlflow_template.settings
 import mlflow_template.synthetic
 
 from conftest import BIN, ROOT
@@ -49,8 +50,9 @@ def test_public_api_is_deliberate():
     assert set(mlflow_template.settings.__all__) == {'SettingsError', 'RESERVED', 'stage_name', 'runbooks', 'runbook_parameters',
                                                 'parse_value', 'Settings', 'read_settings', 'apply_overrides', 'resolve',
                                                 'load_parameters'}
-    assert set(mlflow_template.runner.__all__) == {'PRODUCERS', 'RunFolder', 'open_run', 'export_html', 'write_index',
-                                              'new_run_id', 'run_pipeline'}
+    assert set(mlflow_template.runfolder.__all__) == {'PRODUCERS', 'RunFolder', 'open_run'}
+    assert set(mlflow_template.pages.__all__) == {'export_html', 'write_index'}
+    assert set(mlflow_template.runner.__all__) == {'new_run_id', 'run_pipeline'}
     assert set(mlflow_template.cli.__all__) == {'render_readme', 'check_sync', 'main'}
     assert set(mlflow_template.scope.__all__) == {'TASKS', 'METRICS', 'LOWER_IS_BETTER', 'DEFAULT_METRIC', 'ProblemSpec',
                                              'check_columns', 'objective', 'threshold_checks'}
