@@ -19,6 +19,9 @@ import pandas as pd
 import pytest
 
 import mlflow_template.acquire as acquire
+import mlflow_template.acquire_api as acquire_api
+import mlflow_template.acquire_files as acquire_files
+import mlflow_template.acquire_sql as acquire_sql
 from mlflow_template.acquire import load_source, snapshot
 from mlflow_template.core import sha256_frame, write_json
 from mlflow_template.scope import ProblemSpec
@@ -40,9 +43,12 @@ def digest(path) -> str:
 
 
 def test_public_api_is_deliberate():
-    assert set(acquire.__all__) == {"FORMATS", "SQL_DIALECTS", "PROGRESS_BYTES", "PAGING", "OPTIONS", "redact",
-                                    "source_format", "expand_env", "flatten_nested", "records_of", "load_source",
-                                    "snapshot"}
+    assert set(acquire.__all__) == {"FORMATS", "SQL_DIALECTS", "FORMAT_OPTIONS", "OPTIONS", "redact", "source_format",
+                                    "expand_env", "env_secrets", "scrub", "flatten_nested", "records_of", "load_source",
+                                    "snapshot", "check_acquired", "acquire"}
+    assert set(acquire_files.__all__) == {"PROGRESS_BYTES", "read_files"}
+    assert set(acquire_sql.__all__) == {"read_sql"}
+    assert set(acquire_api.__all__) == {"PAGING", "read_api"}
 
 
 # ---------------------------------------------------------------- files over http://
@@ -80,7 +86,7 @@ def test_http_download_shows_progress(file_server, capsys):
 
 
 def test_large_local_file_shows_progress(files, monkeypatch, capsys):
-    monkeypatch.setattr(acquire, "PROGRESS_BYTES", 1)  # every file counts as large
+    monkeypatch.setattr(acquire_files, "PROGRESS_BYTES", 1)  # every file counts as large
     pd.testing.assert_frame_equal(load_source(str(files / "x.csv.gz")), pd.read_csv(files / "x.csv.gz"))
     assert "100%" in capsys.readouterr().err
     load_source(str(files / "x.csv.gz"), progress=False)
