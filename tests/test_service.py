@@ -53,7 +53,7 @@ def served(tmp_path_factory):
 
     log = tmp / "logs" / "predictions.jsonl"
     with bentoml_serve(home, NAME, log, tmp) as url:
-        yield SimpleNamespace(url=url, tag=tag, log=log, model=model, contract=contract, classes=["No", "Yes"])
+        yield SimpleNamespace(url=url, tag=tag, log=log, model=model, contract=contract, classes=["No", "Yes"], home=home)
 
 
 RECORDS = [{"customer_id": "c1", "tenure": 2, "charges": 95.5, "contract": "month-to-month"},
@@ -115,3 +115,16 @@ def test_metrics_are_prometheus_text(served):
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     assert "# TYPE bentoml_service_request_duration_seconds histogram" in r.text
+
+
+def test_serves_the_promoted_model_from_an_empty_folder_without_a_name(served, tmp_path):
+    "The store alone names the model: no MLFLOW_TEMPLATE_MODEL_NAME, no settings.ini or runbooks in the working folder"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    log = tmp_path / "predictions.jsonl"
+    # bentoml_serve always sets MLFLOW_TEMPLATE_MODEL_NAME; an empty value counts as unset (service.model_name)
+    with bentoml_serve(served.home, "", log, tmp_path, cwd=empty) as url:
+        r = httpx.post(f"{url}/predict", json={"records": RECORDS[:1]}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == served.tag
+    assert list(empty.iterdir()) == []  # and it wrote nothing there (the log goes where the variable says)

@@ -1,0 +1,195 @@
+"""The deploy and monitor stages in process (no papermill): the promotion policy, the model the monitor watches,
+quarantined rows kept with their reasons, and the service finding its model in the store alone."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import make_column_transformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from mlflow_template import deploy, monitor, service
+from mlflow_template.contract import learn_contract
+from mlflow_template.labels import predict_table
+from mlflow_template.metrics import compute_metrics
+from mlflow_template.modelfile import dump_model
+from mlflow_template.runfolder import RunFolder
+from mlflow_template.scope import ProblemSpec
+from mlflow_template.synthetic import make_churn
+
+SPEC = ProblemSpec(target="churn", positive_class="Yes", id_column="customer_id")
+NUMERIC = ["tenure_months", "monthly_charges", "support_calls"]
+CATEGORICAL = ["contract", "paperless_billing"]
+FEATURES = NUMERIC + CATEGORICAL
+NAME = "churn_model"
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return make_churn(2000, seed=3, duplicates=0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    "A throwaway BentoML model store for the test"
+    with deploy.use_store(tmp_path / "bentoml") as path: yield path
+
+
+def fit(df: pd.DataFrame, C: float = 1.0):
+    prep = make_column_transformer(
+        (make_pipeline(SimpleImputer(), StandardScaler()), NUMERIC),
+        (make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"), OneHotEncoder(handle_unknown="ignore")),
+         CATEGORICAL))
+    return make_pipeline(prep, LogisticRegression(C=C, max_iter=500)).fit(df[FEATURES], df[SPEC.target])
+
+
+def make_run(path, model, data: pd.DataFrame, *, passed: bool = True, threshold: float = 0.5) -> RunFolder:
+    "A run folder with what scope, prepare, train and evaluate leave behind for `model`"
+    run = RunFolder(path, "deploy", root=path)
+    train, valid, test = data.iloc[:1200], data.iloc[1200:1600], data.iloc[1600:]
+    for name, part in (("train", train), ("valid", valid), ("test", test)): run.write_parquet(f"{name}.parquet", part)
+    run.write_json("spec.json", SPEC.to_dict())
+    run.write_json("contract.json", learn_contract(train, SPEC, {"numeric": NUMERIC, "categorical": CATEGORICAL,
+                                                                 "datetime": []}))
+    run.write_json("metrics.json", {"test": compute_metrics(SPEC, test.churn, model, test[FEATURES], threshold=threshold),
+                                    "threshold": threshold})
+    run.write_json("gate.json", {"passed": passed, "reason": "All thresholds met." if passed else "Failed 1 of 1 thresholds."})
+    run.write_json("provenance.json", {"content_sha256": "abc", "source": "synthetic://churn"})
+    dump_model(model, run.file("model.skops"))
+    return run
+
+
+def versions() -> list:
+    return deploy.promoted_models(NAME).tag.tolist()
+
+
+# deploy: the promotion policy and the stage function
+
+@pytest.mark.parametrize("passed, better, require, promote", [
+    (False, True, True, False), (False, True, False, False),   # a failed gate never promotes
+    (True, False, True, False),                                 # no better than the champion: kept out
+    (True, False, False, True),                                 # ... unless improvement is not required
+    (True, True, True, True)])
+def test_promotion_policy(passed, better, require, promote):
+    gate = {"passed": passed, "reason": "gate says so."}
+    versus = {"promote": better, "reason": "the challenger is " + ("better" if better else "not better")}
+    decision = deploy.promotion_decision(gate, versus, require_improvement=require)
+    assert decision["promote"] is promote
+    if not passed: assert decision["reason"].startswith("the gate failed")
+
+
+def test_promote_saves_only_a_passing_better_model(tmp_path, store, data):
+    model = fit(data.iloc[:1200])
+    first = deploy.promote(make_run(tmp_path / "r1", model, data), NAME)
+    assert first["promoted"] and first["tag"].startswith(f"{NAME}:") and set(first) == {"promoted", "tag", "reason", "champion"}
+    tie = deploy.promote(make_run(tmp_path / "r2", model, data), NAME)
+    assert (tie["promoted"], tie["tag"]) == (False, None) and "not better than the champion" in tie["reason"]
+    failed = deploy.promote(make_run(tmp_path / "r3", model, data, passed=False), NAME, require_improvement=False)
+    assert not failed["promoted"] and "the gate failed" in failed["reason"]
+    assert versions() == [first["tag"]]
+    info = deploy.load_model(NAME)[2]
+    assert info["metadata"]["run_id"] == "r1" and info["labels"] == {"run_id": "r1", "stage": "promoted"}
+
+
+# monitor
+
+def _batch(data: pd.DataFrame) -> pd.DataFrame:
+    "A later batch with three rows that break the contract"
+    batch = make_churn(800, seed=11, duplicates=0, shift={"monthly_charges": 25}).astype({"tenure_months": object})
+    batch.loc[0, "tenure_months"] = "long"  # not a number
+    batch.loc[[1, 2], "contract"] = None    # a required column missing
+    return batch
+
+
+def test_monitor_watches_the_served_champion_not_this_runs_model(tmp_path, store, data):
+    """Slip: the monitor scored the model of the run it belongs to (model.skops) even when that model was never
+    promoted; it must watch the model being served, with its contract and its deployed threshold."""
+    champion = fit(data.iloc[:1200])
+    served = deploy.promote(make_run(tmp_path / "r1", champion, data, threshold=0.35), NAME)
+    assert served["promoted"]
+    weak = fit(data.iloc[:150], C=0.001)  # this run's model: worse, so not promoted
+    run = make_run(tmp_path / "r2", weak, data, threshold=0.8)
+    assert not deploy.promote(run, NAME)["promoted"]
+
+    model, contract, info = monitor.watched_model(NAME, run)
+    assert (info["model"], info["tag"], info["threshold"]) == (served["tag"], served["tag"], 0.35)
+    check = monitor.check_batch(monitor.reference_data(run), _batch(data), model, contract, SPEC, threshold=info["threshold"])
+    monitor.write_check(run, check, "synthetic://later", info["model"])
+    assert run.read_json("drift.json")["model"] == served["tag"]
+
+    def pred_drift(m):
+        scores = lambda df: predict_table(m, df[FEATURES], "binary", "Yes").probability
+        return monitor.prediction_drift(scores(monitor.reference_data(run)), scores(check.accepted))
+    assert check.prediction == pred_drift(champion)
+    assert check.prediction != pred_drift(weak)
+    current = check.performance.set_index("data").loc["current", "roc_auc"]
+    accepted = check.accepted
+    assert current == pytest.approx(compute_metrics(SPEC, accepted.churn, champion, accepted[FEATURES])["roc_auc"])
+
+
+def test_monitor_falls_back_to_this_runs_model_and_says_so(tmp_path, store, data):
+    run = make_run(tmp_path / "r", fit(data.iloc[:1200]), data, threshold=0.4)
+    model, contract, info = monitor.watched_model(NAME, run)
+    assert (info["model"], info["tag"], info["threshold"]) == ("this run's model (not promoted)", None, 0.4)
+    assert f"no model is served as {NAME!r}" in info["note"]
+    assert contract == run.read_json("contract.json")
+    check = monitor.check_batch(monitor.reference_data(run), _batch(data), model, contract, SPEC, threshold=0.4)
+    monitor.write_check(run, check, "synthetic://later", info["model"])
+    assert run.read_json("drift.json")["model"] == "this run's model (not promoted)"
+
+
+def test_monitor_keeps_quarantined_rows_with_their_reasons(tmp_path, data):
+    """Slip: rows that broke the data contract were counted in drift.json but thrown away; the monitor stage must
+    keep them, with the reason for each, in quarantine.parquet."""
+    run = make_run(tmp_path / "r", fit(data.iloc[:1200]), data)
+    model, contract = fit(data.iloc[:1200]), run.read_json("contract.json")
+    batch = _batch(data)
+    check = monitor.check_batch(monitor.reference_data(run), batch, model, contract, SPEC)
+    monitor.write_check(run, check, "synthetic://later", monitor.NOT_PROMOTED)
+    kept = pd.read_parquet(run.file("quarantine.parquet"))
+    assert kept.customer_id.tolist() == batch.customer_id[:3].tolist()
+    assert kept.quarantine_reason.tolist() == ["tenure_months is not a number", "contract is missing", "contract is missing"]
+    assert kept.tenure_months[0] == "long"
+    drift = run.read_json("drift.json")
+    assert (drift["rows"], drift["accepted"], drift["quarantined"]) == (800, 797, 3)
+    assert set(drift) == {"source", "model", "rows", "accepted", "quarantined", "features", "prediction", "performance"}
+    assert "monthly_charges" in {a["feature"] for a in run.read_json("alerts.json")}  # the injected drift is caught
+
+
+def test_drift_tests_follow_column_kinds():
+    ref = pd.DataFrame({"n": np.arange(200.0), "b": [True, False] * 100, "c": ["x", "y"] * 100,
+                        "d": pd.date_range("2024-01-01", periods=200)})
+    table = monitor.feature_drift(ref, ref).set_index("feature")
+    assert table.kind.to_dict() == {"n": "numeric", "b": "boolean", "c": "categorical", "d": "datetime"}
+    assert table.test.to_dict() == {"n": "ks", "b": "chi2", "c": "chi2", "d": "ks"}
+
+
+# the service: the model store alone names the model
+
+def test_service_names_its_model_from_the_store(store, data, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TEMPLATE_MODEL_NAME", raising=False)
+    with pytest.raises(LookupError, match="run the pipeline"): service.model_name()
+    model = fit(data.iloc[:1200])
+    contract = learn_contract(data.iloc[:1200], SPEC, {"numeric": NUMERIC, "categorical": CATEGORICAL, "datetime": []})
+    deploy.save_model(model, name="served_one", contract=contract, metrics={})
+    assert service.model_name() == "served_one"
+    monkeypatch.chdir(store)  # no settings.ini anywhere up from here: the store alone decides
+    assert service.model_name() == "served_one"
+    deploy.save_model(model, name="served_two", contract=contract, metrics={})
+    with pytest.raises(LookupError, match="served_one, served_two.*MLFLOW_TEMPLATE_MODEL_NAME"): service.model_name()
+    monkeypatch.setenv("MLFLOW_TEMPLATE_MODEL_NAME", "served_two")
+    assert service.model_name() == "served_two"
+
+
+def test_service_answers_with_the_deployed_threshold(data):
+    model = fit(data.iloc[:1200])
+    contract = learn_contract(data.iloc[:1200], SPEC, {"numeric": NUMERIC, "categorical": CATEGORICAL, "datetime": []})
+    records = data.iloc[1600:1610].to_dict(orient="records")
+    out = service.predict_records(model, contract, records, "m:1", threshold=0.3)
+    p = model.predict_proba(data.iloc[1600:1610][FEATURES])[:, 1]
+    assert [r["id"] for r in out["predictions"]] == data.customer_id[1600:1610].tolist()
+    assert [r["probability"] for r in out["predictions"]] == pytest.approx(list(p))
+    assert [r["label"] for r in out["predictions"]] == ["Yes" if q >= 0.3 else "No" for q in p]
