@@ -96,7 +96,7 @@ def write_parquet(
     with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #9b6f4b00
+# %% ../nbs/00_core.ipynb #1dc257bc
 def sha256_file(
     path: str | Path,        # the file to hash
     chunk: int = 1 << 20,    # bytes read at a time
@@ -113,7 +113,12 @@ def sha256_frame(
     "SHA-256 of a DataFrame's content, column names and dtypes (independent of how it is stored)"
     h = hashlib.sha256()
     h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
-    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    try: rows = pd.util.hash_pandas_object(df, index=False)
+    except TypeError:  # lists or dicts in a column (as JSON sources give): hash their JSON text instead
+        nested = {c: df[c].map(lambda v: json.dumps(plain(v), sort_keys=True) if isinstance(v, (list, dict)) else v)
+                  for c in df.columns if df[c].dtype == object}
+        rows = pd.util.hash_pandas_object(df.assign(**nested), index=False)
+    h.update(rows.to_numpy().tobytes())
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #81b96b78
