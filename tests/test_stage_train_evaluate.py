@@ -1,0 +1,218 @@
+"""The scope, train and evaluate stages in process (no papermill): the spec checked against the metric registry,
+the search scored by the registry, the threshold decision, fairness groups, the model card, and thin runbooks."""
+from __future__ import annotations
+
+import ast
+import json
+
+import matplotlib
+matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import make_column_transformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from mlflow_template import card, evaluate, metrics, plots, scope, train
+from mlflow_template.labels import positive_scores
+from mlflow_template.scope import ProblemSpec
+from mlflow_template.settings import load_parameters
+from mlflow_template.synthetic import make_churn
+
+from conftest import ROOT
+
+SPEC = ProblemSpec(target="churn", positive_class="Yes", id_column="customer_id", sensitive_features=["gender", "age"],
+                   success_thresholds={"min_roc_auc": 0.7, "min_recall": 0.5}, cost_false_negative=5.0)
+NUMERIC = ["tenure_months", "monthly_charges", "support_calls"]
+CATEGORICAL = ["contract", "internet_service", "gender"]
+FEATURES = NUMERIC + CATEGORICAL
+
+
+def _preprocessor():
+    return make_column_transformer(
+        (make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), NUMERIC),
+        (make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")), CATEGORICAL))
+
+
+@pytest.fixture(scope="module")
+def splits():
+    "Train, valid and test splits of synthetic churn data, with an age of 60 distinct values (some missing)"
+    df = make_churn(2000, seed=5, duplicates=0)
+    df = df[df.churn.notna()].reset_index(drop=True)
+    age = pd.Series(np.random.default_rng(1).integers(18, 78, len(df)), dtype=float)
+    age[np.random.default_rng(2).random(len(df)) < 0.03] = np.nan
+    df["age"] = age
+    return df.iloc[:1200], df.iloc[1200:1600], df.iloc[1600:]
+
+
+@pytest.fixture(scope="module")
+def trained(splits):
+    tr, va, _ = splits
+    return train.train_candidates(SPEC, _preprocessor(), tr, va, FEATURES, ["linear", "tree"], n_iter=1, cv=2,
+                                  progress=None)
+
+
+def _code_cells(name: str) -> list:
+    nb = json.loads((ROOT / "nbs" / "pipeline" / name).read_text())
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def _source(cell) -> str:
+    return "".join(cell["source"])
+
+
+# scope: one metric registry
+
+def test_scope_uses_the_metric_registry():
+    for old in ("TASKS", "METRICS", "LOWER_IS_BETTER", "DEFAULT_METRIC"):
+        assert old not in scope.__all__
+    for task in metrics.TASKS:
+        spec = ProblemSpec(target="y", task=task, positive_class="a" if task == "binary" else None)
+        assert spec.primary_metric == metrics.DEFAULT_METRIC[task]
+        for m in metrics.metrics_for(task):  # every metric of the registry is a valid primary metric and threshold
+            ProblemSpec(target="y", task=task, positive_class="a" if task == "binary" else None, primary_metric=m,
+                        success_thresholds={f"min_{m}": 0.1})
+    with pytest.raises(ValueError, match="primary_metric: 'rmse' does not fit a binary task"):
+        ProblemSpec(target="y", positive_class="a", primary_metric="rmse")
+
+
+# train: the registry's scorer
+
+def test_train_scores_with_the_registry(splits, trained):
+    assert not hasattr(train, "SCORERS") and "scorer" not in train.__all__ and train.scorer is metrics.scorer
+    _, va, _ = splits
+    best, board = trained
+    assert list(board.family) == sorted(board.family, key=lambda f: -board.set_index("family").loc[f, "valid roc_auc"])
+    top = board.iloc[0]
+    # the leaderboard's validation score is the evaluate stage's number for the same rows
+    assert top["valid roc_auc"] == pytest.approx(metrics.compute_metrics(SPEC, va.churn, best, va[FEATURES])["roc_auc"])
+    assert all(type(v) in (int, float, str, bool, list) for p in board["best params"] for v in p.values())
+
+
+def test_train_lower_is_better_metric_shown_as_itself(splits):
+    tr, va, _ = splits
+    spec = ProblemSpec(target="churn", positive_class="Yes", primary_metric="log_loss")
+    best, board = train.train_candidates(spec, _preprocessor(), tr, va, FEATURES, ["linear", "tree"], n_iter=1, cv=2,
+                                         progress=None)
+    assert (board["valid log_loss"] > 0).all() and (board["cv log_loss"] > 0).all()
+    assert board["valid log_loss"].is_monotonic_increasing  # smallest loss first: it is the one selected
+    assert board["valid log_loss"].iloc[0] == pytest.approx(metrics.compute_metrics(spec, va.churn, best, va[FEATURES])["log_loss"])
+
+
+def test_plot_leaderboard(trained):
+    fig = plots.plot_leaderboard(trained[1], SPEC)
+    assert fig.axes[0].get_xlabel() == "roc_auc (unitless)"
+
+
+# evaluate: threshold, cross-validation, fairness, gate, card
+
+def test_choose_threshold_checks_the_strategy_first(splits, trained):
+    "slip c: the strategy is validated before it is used (and before any data is looked at)"
+    _, va, _ = splits
+    for task, spec in (("binary", SPEC), ("regression", ProblemSpec(target="y", task="regression"))):
+        with pytest.raises(ValueError, match=r"threshold_strategy: 'best' is not one of cost, fixed"):
+            evaluate.choose_threshold(spec, "best", 0.5, None, None)
+    scores = positive_scores(trained[0], va[FEATURES], "Yes")
+    cost = evaluate.choose_threshold(SPEC, "cost", 0.5, va.churn, scores)
+    assert cost["threshold"] == evaluate.cost_threshold(SPEC, va.churn, scores)["threshold"]
+    fixed = evaluate.choose_threshold(SPEC, "fixed", 0.3, va.churn, scores)
+    assert fixed["threshold"] == 0.3 and fixed["table"]["threshold chosen"].iloc[0] == 0.3
+    assert fixed["cost"] == evaluate.cost_curve(SPEC, va.churn, scores, [0.3]).cost.iloc[0]  # the cost of the threshold used
+    with pytest.raises(ValueError, match="fixed_threshold"):
+        evaluate.choose_threshold(SPEC, "fixed", 2, va.churn, scores)
+
+
+def test_evaluate_runbook_validates_the_strategy_before_using_it():
+    "slip c: outside the parameters cell, the first use of threshold_strategy is the call that checks it"
+    code = "\n".join(_source(c) for c in _code_cells("06_evaluate.ipynb") if "parameters" not in c["metadata"].get("tags", []))
+    first = next(line for line in code.splitlines() if "threshold_strategy" in line and "import" not in line)
+    assert "choose_threshold(spec, threshold_strategy" in first, first
+
+
+def test_cross_validation_shows_the_registry_summary_metrics(splits, trained):
+    tr, _, _ = splits
+    cv = evaluate.cross_validate_model(trained[0], tr[FEATURES], tr.churn, SPEC, folds=2)
+    assert list(cv.metric) == ["roc_auc", "pr_auc", "f1", "log_loss"] == list(metrics.metrics_for("binary", summary=True))
+    assert (cv.ci_lower <= cv["mean"]).all() and (cv["mean"] <= cv.ci_upper).all()
+
+
+def test_group_metrics_bins_a_continuous_sensitive_feature(splits, trained):
+    "slip a: an age with 60 values is a few age bands (as in explore), not 60 groups; missing ages are one group"
+    _, _, te = splits
+    assert te.age.nunique() > 50
+    scores = positive_scores(trained[0], te[FEATURES], "Yes")
+    t = evaluate.group_metrics(SPEC, te, te.churn, scores, "age", threshold=0.3)
+    assert len(t) == 6 and t.group.iloc[-1] == "missing", t
+    assert t.rows.iloc[-1] == te.age.isna().sum() and t.rows.sum() == len(te)
+    assert t.rows.iloc[:-1].min() >= 50  # every band large enough to compare
+    tables = evaluate.fairness_tables(SPEC, te, te.churn, scores, 0.3)
+    assert list(tables) == ["gender", "age"] and len(tables["gender"]) <= 3
+    assert "largest gaps: demographic_parity_difference = " in evaluate.group_caption(SPEC, tables["age"])
+
+
+def _card(splits, trained, **kw):
+    _, _, te = splits
+    best = trained[0]
+    scores = positive_scores(best, te[FEATURES], "Yes")
+    m = metrics.compute_metrics(SPEC, te.churn, scores=scores, threshold=0.3)
+    groups = {c: evaluate.group_metrics(SPEC, te, te.churn, scores, c, threshold=0.3) for c in SPEC.sensitive_features}
+    return card.model_card(SPEC, metrics=m, gate_result=evaluate.gate(SPEC, m), groups=groups, **kw)
+
+
+def test_model_card_names_the_served_model_and_says_what_monitoring_does(splits, trained):
+    "slip b: titled by the served name with the family as a field; no claim that monitoring retrains"
+    text = _card(splits, trained, model_name="churn_model")
+    assert text.startswith("# Model card: churn_model\n")
+    assert "watches for drift and retrains" not in text
+    assert "compares new data with the training data and raises alerts" in text and "Retraining is started by a person" in text
+    family = trained[1].family.iloc[0]
+    text = _card(splits, trained, model_name="churn_model", family=family)
+    assert text.startswith("# Model card: churn_model\n") and f"- **family**: {family}" in text
+    assert "### `age`" in text and "| missing |" in text
+    with pytest.raises(ValueError, match="model_name"):
+        _card(splits, trained, model_name="")
+
+
+def test_evaluate_runbook_titles_the_card_with_the_served_name():
+    "slip b: the runbook has a model_name parameter (from settings' [DEFAULT]) and passes it, not the family, as the name"
+    cells = _code_cells("06_evaluate.ipynb")
+    params = ast.parse(_source(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))))
+    names = {n.target.id for n in params.body if isinstance(n, ast.AnnAssign)}
+    assert "model_name" in names and load_parameters()["evaluate"]["model_name"] == "churn_model"
+    code = "\n".join(_source(c) for c in cells)
+    assert "model_name=model_name" in code and 'model_name=run.read_json("train.json")' not in code
+
+
+def test_gate_and_metrics_on_the_test_split(splits, trained):
+    _, va, te = splits
+    best = trained[0]
+    chosen = evaluate.choose_threshold(SPEC, "cost", 0.5, va.churn, evaluate.predictions(SPEC, best, va[FEATURES]))
+    m = metrics.compute_metrics(SPEC, te.churn, scores=evaluate.predictions(SPEC, best, te[FEATURES]),
+                                threshold=chosen["threshold"])
+    g = evaluate.gate(SPEC, m)
+    assert [c["metric"] for c in g["checks"]] == ["roc_auc", "recall"]
+    assert g["passed"] == all(c["passed"] for c in g["checks"]) and g["primary_value"] == m["roc_auc"]
+
+
+# runbooks stay thin
+
+@pytest.mark.parametrize("name", ["01_scope.ipynb", "05_train.ipynb", "06_evaluate.ipynb"])
+def test_runbook_cells_are_short(name):
+    long = [(i, len(_source(c).splitlines())) for i, c in enumerate(_code_cells(name))
+            if "parameters" not in c["metadata"].get("tags", []) and len(_source(c).splitlines()) > 15]
+    assert not long, f"{name}: code cells over 15 lines (index, lines): {long}"
+
+
+def test_confusion_matrix_labels_come_from_threshold_labels():
+    code = "\n".join(_source(c) for c in _code_cells("06_evaluate.ipynb"))
+    assert "threshold_labels(test_pred, model.classes_, spec.positive_class, threshold)" in code
+    assert "for s in test_scores" not in code and "import seaborn" not in "\n".join(
+        _source(c) for c in _code_cells("05_train.ipynb"))
+
+
+def test_modules_stay_short():
+    for mod in ("scope", "train", "evaluate", "plots", "card"):
+        lines = (ROOT / "mlflow_template" / f"{mod}.py").read_text().count("\n")
+        assert lines < 450, f"{mod}.py has {lines} lines"
