@@ -129,7 +129,7 @@ def outlier_table(
     return pd.DataFrame(rows, columns=["column", "q1", "q3", "lower fence", "upper fence", "below (rows)",
                                        "above (rows)", "outside (rows)", "outside (share of non-missing rows)"])
 
-# %% ../nbs/04_explore.ipynb #4c550974
+# %% ../nbs/04_explore.ipynb #2170454e
 def _features(df: pd.DataFrame, spec: ProblemSpec) -> list:
     "Columns that describe a row: all but the target, the id column and the time column"
     skip = {spec.target, spec.id_column, spec.time_column}
@@ -154,7 +154,7 @@ def plot_correlations(
     sns.heatmap(corr, mask=mask, vmin=-1, vmax=1, center=0, cmap="vlag", annot=True, fmt=".2f", square=True,
                 linewidths=0.5, cbar_kws={"label": "Spearman correlation (-1 to 1)"}, ax=ax)
     with_target = spec.target in corr.columns  # a multiclass target has no order: not in the heatmap
-    ax.set_title(f"Rank correlations among numeric columns" + (f" and {spec.target}" if with_target else ""))
+    ax.set_title("Rank correlations among numeric columns" + (f" and {spec.target}" if with_target else ""))
     return ax
 
 # %% ../nbs/04_explore.ipynb #39cc8843

@@ -16,33 +16,33 @@ from .labels import is_positive, positive_scores
 __all__ = ['METRICS', 'TASKS', 'DEFAULT_METRIC', 'LOWER_IS_BETTER', 'Metric', 'metrics_for', 'metric_unit', 'metrics_units',
            'is_better', 'compute_metrics', 'scorer']
 
-# %% ../nbs/00_metrics.ipynb #913c6b8b
+# %% ../nbs/00_metrics.ipynb #ac70fb5f
 @dataclass(frozen=True)
 class Metric:
-    "One metric: the tasks it applies to, its direction, its unit and whether summaries show it"
+    "One metric: the tasks it applies to, its direction, its unit and the tasks whose summaries show it"
     name: str                 # the name settings and reports use (`min_<name>` / `max_<name>` thresholds)
     tasks: tuple              # binary, multiclass, regression
     greater_is_better: bool   # the direction of "better"
     unit: str                 # "unitless", or "target" for the target's own units
-    summary: bool = False     # shown in cross-validation summaries
+    summary: tuple = ()       # the tasks whose cross-validation summaries show it
     description: str = ""     # one line for readers
 
 METRICS = {m.name: m for m in (
-    Metric("roc_auc", ("binary",), True, "unitless", True, "area under the ROC curve: how well positives rank first"),
-    Metric("pr_auc", ("binary",), True, "unitless", True, "average precision: area under the precision-recall curve"),
-    Metric("f1", ("binary",), True, "unitless", True, "harmonic mean of precision and recall at the threshold"),
-    Metric("precision", ("binary",), True, "unitless", False, "share of flagged rows that are positive"),
-    Metric("recall", ("binary",), True, "unitless", False, "share of positive rows that are flagged"),
-    Metric("accuracy", ("binary", "multiclass"), True, "unitless", False, "share of rows labelled right"),
-    Metric("balanced_accuracy", ("binary", "multiclass"), True, "unitless", False, "mean recall over classes"),
-    Metric("f1_macro", ("multiclass",), True, "unitless", True, "F1 averaged over classes"),
-    Metric("roc_auc_ovr", ("multiclass",), True, "unitless", False, "ROC-AUC of each class against the rest, averaged"),
-    Metric("log_loss", ("binary", "multiclass"), False, "unitless", True, "cross-entropy of the probabilities"),
-    Metric("brier", ("binary",), False, "unitless", False, "mean squared error of the probabilities"),
-    Metric("rmse", ("regression",), False, "target", True, "root mean squared error"),
-    Metric("mae", ("regression",), False, "target", True, "mean absolute error"),
-    Metric("r2", ("regression",), True, "unitless", True, "share of the target's variance explained"),
-    Metric("mape", ("regression",), False, "unitless", False, "mean absolute error as a share of the true value"),
+    Metric("roc_auc", ("binary",), True, "unitless", ("binary",), "area under the ROC curve: how well positives rank first"),
+    Metric("pr_auc", ("binary",), True, "unitless", ("binary",), "average precision: area under the precision-recall curve"),
+    Metric("f1", ("binary",), True, "unitless", ("binary",), "harmonic mean of precision and recall at the threshold"),
+    Metric("precision", ("binary",), True, "unitless", (), "share of flagged rows that are positive"),
+    Metric("recall", ("binary",), True, "unitless", (), "share of positive rows that are flagged"),
+    Metric("accuracy", ("binary", "multiclass"), True, "unitless", ("multiclass",), "share of rows labelled right"),
+    Metric("balanced_accuracy", ("binary", "multiclass"), True, "unitless", (), "mean recall over classes"),
+    Metric("f1_macro", ("multiclass",), True, "unitless", ("multiclass",), "F1 averaged over classes"),
+    Metric("roc_auc_ovr", ("multiclass",), True, "unitless", (), "ROC-AUC of each class against the rest, averaged"),
+    Metric("log_loss", ("binary", "multiclass"), False, "unitless", ("binary", "multiclass"), "cross-entropy of the probabilities"),
+    Metric("brier", ("binary",), False, "unitless", (), "mean squared error of the probabilities"),
+    Metric("rmse", ("regression",), False, "target", ("regression",), "root mean squared error"),
+    Metric("mae", ("regression",), False, "target", ("regression",), "mean absolute error"),
+    Metric("r2", ("regression",), True, "unitless", ("regression",), "share of the target's variance explained"),
+    Metric("mape", ("regression",), False, "unitless", (), "mean absolute error as a share of the true value"),
 )}
 TASKS = ("binary", "multiclass", "regression")
 DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "f1_macro", "regression": "rmse"}
@@ -54,7 +54,7 @@ def metrics_for(
 ) -> tuple:
     "The names of the metrics of a task, in registry order"
     if task not in TASKS: raise ValueError(f"task: {task!r} is not one of {', '.join(TASKS)}")
-    return tuple(n for n, m in METRICS.items() if task in m.tasks and (m.summary or not summary))
+    return tuple(n for n, m in METRICS.items() if task in m.tasks and (task in m.summary or not summary))
 
 # %% ../nbs/00_metrics.ipynb #55121a60
 def metric_unit(
