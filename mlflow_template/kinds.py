@@ -11,7 +11,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['MISSING_TOKENS', 'DATE_FORMATS', 'KINDS', 'text_and_missing', 'is_text', 'parse_numbers', 'to_dates',
-           'best_date_format', 'parse_dates', 'column_kind', 'days_since_epoch', 'group_labels']
+           'best_date_format', 'parse_dates', 'column_kind', 'days_since_epoch', 'is_binned', 'group_labels']
 
 # %% ../nbs/00_kinds.ipynb #9055851c
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "--", "?", "#n/a", "nat", "<na>"})
@@ -111,13 +111,21 @@ def days_since_epoch(
     if pd.api.types.is_timedelta64_dtype(s.dtype): return s / pd.Timedelta(days=1)
     return pd.to_numeric(s, errors="raise").astype(float)
 
-# %% ../nbs/00_kinds.ipynb #53dc742b
+# %% ../nbs/00_kinds.ipynb #fa9a4e5f
+def is_binned(
+    s: pd.Series,   # a feature
+    bins: int = 5,  # quantile bins for numeric columns with more distinct values than this
+) -> bool:
+    "Whether `group_labels(s, bins)` cuts `s` into quantile bins (numbers with more than `bins` distinct values) rather than taking its values"
+    return column_kind(s, flags=True) == "numeric" and s.nunique() > bins
+
+# %% ../nbs/00_kinds.ipynb #430e2a2b
 def group_labels(
     s: pd.Series,   # a feature
     bins: int = 5,  # quantile bins for numeric columns with more distinct values than this
 ) -> pd.Series:
     "Group label of each row: the value, or its quantile bin for numerics; missing values form the group 'missing'"
-    if column_kind(s, flags=True) == "numeric" and s.nunique() > bins:
+    if is_binned(s, bins):
         cut = pd.qcut(s, q=bins, duplicates="drop")
         # qcut widens the first edge by 0.1%, which prints as 1.2790000000000001: 4 significant digits instead
         names = [f"({c.left:.4g}, {c.right:.4g}]" for c in cut.cat.categories]

@@ -3,6 +3,8 @@
 No papermill: each test takes seconds."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -168,3 +170,88 @@ def test_the_trend_can_use_any_date_column(prep):
     fig = plot_trend(prep.train, SPEC, freq="Q", column="signup_date")    # the spec has no time column
     assert fig.axes[1].get_xlabel() == "signup_date" and fig.axes[0].lines[0].get_ydata().sum() == len(prep.train)
     assert plot_trend(prep.train, SPEC) is None
+
+
+# --- one home per idea: labels compared as labels, dates read by `kinds`, one rule per option -------------------
+
+def test_a_numeric_positive_class_finds_its_rows(raw, prep):
+    "positive_class 1.0 on a 1/0 target: clean_target read it as '1.0' (not a label) and leakage/split_table compared raw values"
+    ones = raw.assign(churn=raw.churn.map({"Yes": 1, "No": 0}))
+    p = prepare_data(ones, ProblemSpec(target="churn", positive_class=1.0, id_column="customer_id", seed=3), ratios=RATIOS)
+    assert p.report["classes"] == {"0": prep.report["classes"]["No"], "1": prep.report["classes"]["Yes"]}
+    pd.testing.assert_frame_equal(p.leakage, prep.leakage)                         # the same scores as with "Yes"
+    shares = split_table(p.splits, ProblemSpec(target="churn", positive_class=1, id_column="customer_id"))
+    assert shares["churn = 1 (share)"].tolist() == split_table(prep.splits, SPEC)["churn = Yes (share)"].tolist()
+    assert shares["churn = 1 (share)"].gt(0.1).all()
+
+
+def test_multiclass_rates_treat_1_and_text_1_as_one_class(prep):
+    "explore's class flags compared raw values, so 1 and '1' were two classes and the shares of a group did not add up"
+    codes = prep.train.contract.map({"month-to-month": 0, "one-year": 1, "two-year": 2}).astype(object)
+    codes[codes.index[::2]] = codes[codes.index[::2]].map(str)                    # half the rows spell the class as text
+    df = prep.train.assign(plan=codes)
+    bias = bias_scan(df, ProblemSpec(target="plan", task="multiclass", sensitive_features=["gender"]))
+    assert set(bias["class"]) == {"0", "1", "2"}
+    np.testing.assert_allclose(bias.groupby("group")["rate (share of group)"].sum(), 1.0)
+    tests = association_tests(df, ProblemSpec(target="plan", task="multiclass")).set_index("feature")
+    assert tests.loc["tenure_months", "p-value"] < 0.01 and tests.loc["contract", "note"] == ""
+
+
+def test_dates_written_as_text_are_read_as_kinds_reads_them(prep):
+    "plot_trend and DateFeatures read text dates with `kinds.parse_dates` (day-first 01/02 used to fail or be misread)"
+    from mlflow_template.features import DateFeatures
+    from mlflow_template.kinds import parse_dates
+    train = prep.train.sort_values("signup_date")
+    text = train.assign(signup_date=train.signup_date.dt.strftime("%d/%m/%Y"))
+    text.iloc[0, text.columns.get_loc("signup_date")] = "01/02/2021"              # ambiguous first value: 1 February
+    expect = parse_dates(text.signup_date)
+    assert expect.iloc[0] == pd.Timestamp("2021-02-01") and expect.iloc[1:].equals(train.signup_date.iloc[1:])
+    fig = plot_trend(text, SPEC, freq="Q", column="signup_date")
+    assert fig.axes[0].lines[0].get_ydata().sum() == expect.notna().sum()
+    parts = DateFeatures().fit(text[["signup_date"]]).transform(text[["signup_date"]])
+    np.testing.assert_array_equal(parts[:, 2], expect.dt.month.to_numpy(dtype=float))
+    dated = DateFeatures().fit(train[["signup_date"]]).transform(train[["signup_date"]])   # datetimes pass through
+    np.testing.assert_array_equal(dated[1:], parts[1:])
+
+
+def test_one_fence_rule_for_explore_and_the_clipper(prep):
+    "explore's outlier fences are the IQR clipper's bounds (one `features.iqr_fences`)"
+    from mlflow_template.features import IQRClipper
+    cols = ["monthly_charges", "data_usage_gb"]
+    fences = outlier_table(prep.train, cols).set_index("column")
+    clip = IQRClipper(k=1.5).fit(prep.train[cols])
+    np.testing.assert_array_equal(clip.low_, fences["lower fence"].to_numpy())
+    np.testing.assert_array_equal(clip.high_, fences["upper fence"].to_numpy())
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda d: split_data(d, SPEC, test_size="0.2"), "test_size must be a number in (0, 1)"),
+    (lambda d: repair_types(d, SPEC, threshold=0), "threshold must be a number in (0, 1]"),
+    (lambda d: deduplicate(d, SPEC, keep="latest"), "keep: 'latest' is not one of first, last, keep_all"),
+    (lambda d: prepare_data(d, SPEC, iqr_k=-1), "iqr_k must be a number >= 0"),
+    (lambda d: prepare_data(d, SPEC, clip_quantiles="0.9"), "clip_quantiles: expected [lower, upper]"),
+    (lambda d: prepare_data(d, SPEC, ratios={"r": ["total_charges", "contract"]}), "ratios: 'r' uses contract")])
+def test_each_option_rule_is_its_owners(call, says):
+    "The stage and the step that owns an option apply one rule, each error naming its own option"
+    with pytest.raises(ValueError, match=re.escape(says)):
+        call(make_churn(50, seed=0))
+
+
+def test_prepare_takes_none_for_no_clipping():
+    assert prepare_data(make_churn(300, seed=1), SPEC, clip_quantiles=None).report["clipping"] == {"method": "none", "columns": []}
+
+
+def test_partial_dependence_shows_the_positive_class_even_when_it_is_first():
+    "sklearn plots classes_[1]; with the positive class first the curve was 1 - P(positive), labelled P(last class)"
+    import matplotlib
+    matplotlib.use("Agg")
+    from sklearn.linear_model import LogisticRegression
+    from mlflow_template.plots import plot_partial_dependence
+    df = make_churn(600, seed=2).dropna(subset=["tenure_months", "monthly_charges"])
+    X = df[["tenure_months", "monthly_charges"]]
+    model = LogisticRegression().fit(X, df.churn)                                  # classes_: No, Yes
+    curve = lambda fig: next(a for a in fig.axes if a.get_ylabel().startswith("partial dependence"))
+    yes, no = (curve(plot_partial_dependence(model, X, ["tenure_months"], positive_class=c)) for c in ("Yes", "No"))
+    assert (yes.get_ylabel(), no.get_ylabel()) == ("partial dependence: P(Yes)", "partial dependence: P(No)")
+    np.testing.assert_allclose(no.lines[0].get_ydata(), 1 - yes.lines[0].get_ydata())
+    assert curve(plot_partial_dependence(model, X, ["tenure_months"])).get_ylabel() == "partial dependence: P(Yes)"
