@@ -12,7 +12,7 @@ from .kinds import column_kind, is_text, parse_dates, parse_numbers, text_and_mi
 from .labels import label_text
 
 # %% auto #0
-__all__ = ['learn_contract', 'validate_rows', 'contract_report', 'records_frame']
+__all__ = ['learn_contract', 'validate_rows', 'contract_report', 'records_frame', 'mismatch']
 
 # %% ../nbs/00_contract.ipynb #5985ad9f
 def learn_contract(
@@ -142,3 +142,17 @@ def records_frame(
     ok, bad = validate_rows(df, contract)
     if len(bad): raise ValueError("; ".join(f"record {i}: {why}" for i, why in bad.quarantine_reason.items()))
     return ok[feats].infer_objects()
+
+# %% ../nbs/00_contract.ipynb #c3a2c5ef
+def mismatch(
+    served: dict,  # the served model's data contract
+    own,           # this run's problem spec (`scope.ProblemSpec`) or data contract: target, task, positive class
+    columns,       # the columns this run's data has
+) -> str | None:
+    "Why the served model's contract does not fit this run's data, as a phrase; None when it fits"
+    get = own.get if isinstance(own, dict) else lambda k: getattr(own, k, None)
+    text = lambda v: None if v is None else label_text(v)
+    for k in ("target", "task", "positive_class"):
+        if text(served.get(k)) != text(get(k)): return f"has {k} {served.get(k)!r} where this run has {get(k)!r}"
+    missing = [c for c in served["features"] if c not in set(columns)]
+    return f"takes features this run's data lacks ({', '.join(map(str, missing))})" if missing else None

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['label_text', 'class_labels', 'positive_flag', 'is_positive', 'positive_index', 'positive_scores', 'threshold_labels',
-           'predict_table']
+__all__ = ['label_text', 'class_labels', 'positive_flag', 'is_positive', 'positive_index', 'positive_scores',
+           'decision_threshold', 'threshold_labels', 'predict_table']
 
 # %% ../nbs/00_labels.ipynb #f489a1b5
 def label_text(
@@ -79,26 +79,38 @@ def positive_scores(
     j = positive_index(model.classes_, positive_class)
     return np.asarray(model.predict_proba(X))[:, j]
 
-# %% ../nbs/00_labels.ipynb #3f36b053
+# %% ../nbs/00_labels.ipynb #3f15b206
+def decision_threshold(
+    threshold=None,  # the chosen decision threshold, or None when none was chosen
+) -> float:
+    "The threshold binary scores are labelled at: `threshold`, or 0.5 when none was chosen; ValueError outside 0 to 1"
+    if threshold is None: return 0.5
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.number)) \
+            or not 0 <= threshold <= 1:
+        raise ValueError(f"threshold: {threshold!r} is not a number between 0 and 1")
+    return float(threshold)
+
+# %% ../nbs/00_labels.ipynb #adc8fbdb
 def threshold_labels(
     scores,          # positive-class probabilities
     classes,         # the two classes (a binary model's `classes_`)
     positive_class,  # the label that counts as positive
-    threshold: float = 0.5,  # score at or above which a row is labelled positive
+    threshold: float | None = None,  # score at or above which a row is labelled positive (None: `decision_threshold`)
 ) -> np.ndarray:
     "The label of each row: the positive class where its score is at or above `threshold`, else the other class"
     classes = list(classes)
     if len(classes) != 2: raise ValueError(f"threshold_labels: needs two classes, got {classes}")
     j = positive_index(classes, positive_class)
-    return np.where(np.asarray(scores, dtype=float) >= threshold, classes[j], classes[1 - j]).astype(object)
+    t = decision_threshold(threshold)
+    return np.where(np.asarray(scores, dtype=float) >= t, classes[j], classes[1 - j]).astype(object)
 
-# %% ../nbs/00_labels.ipynb #06b00a73
+# %% ../nbs/00_labels.ipynb #f5f4181f
 def predict_table(
     model,                   # a fitted pipeline that takes the raw feature columns
     X: pd.DataFrame,         # the feature columns
     task: str,               # binary | multiclass | regression
     positive_class=None,     # binary: the label that counts as positive (default: the last class)
-    threshold: float = 0.5,  # binary: positive-class probability at or above which the label is positive
+    threshold: float | None = None,  # binary: positive-class probability at or above which the label is positive (None: 0.5)
 ) -> pd.DataFrame:
     "One row per input row: label and probability (of the positive class, or of the top class), or the predicted value"
     if task == "regression": return pd.DataFrame({"value": np.asarray(model.predict(X), dtype=float)}, index=X.index)

@@ -169,19 +169,55 @@ def test_drift_tests_follow_column_kinds():
 
 # the service: the model store alone names the model
 
+def _contract(data: pd.DataFrame) -> dict:
+    return learn_contract(data.iloc[:1200], SPEC, {"numeric": NUMERIC, "categorical": CATEGORICAL, "datetime": []})
+
+
 def test_service_names_its_model_from_the_store(store, data, monkeypatch):
     monkeypatch.delenv("MLFLOW_TEMPLATE_MODEL_NAME", raising=False)
-    with pytest.raises(LookupError, match="run the pipeline"): service.model_name()
-    model = fit(data.iloc[:1200])
-    contract = learn_contract(data.iloc[:1200], SPEC, {"numeric": NUMERIC, "categorical": CATEGORICAL, "datetime": []})
+    with pytest.raises(LookupError, match="run the pipeline"): deploy.served_name()
+    model, contract = fit(data.iloc[:1200]), _contract(data)
     deploy.save_model(model, name="served_one", contract=contract, metrics={})
-    assert service.model_name() == "served_one"
+    assert deploy.served_name() == "served_one"
     monkeypatch.chdir(store)  # no settings.ini anywhere up from here: the store alone decides
-    assert service.model_name() == "served_one"
+    assert deploy.served_name() == "served_one"
+    assert service.make_service()().info["tag"].startswith("served_one:")
     deploy.save_model(model, name="served_two", contract=contract, metrics={})
-    with pytest.raises(LookupError, match="served_one, served_two.*MLFLOW_TEMPLATE_MODEL_NAME"): service.model_name()
+    with pytest.raises(LookupError, match="served_one, served_two.*MLFLOW_TEMPLATE_MODEL_NAME"): deploy.served_name()
     monkeypatch.setenv("MLFLOW_TEMPLATE_MODEL_NAME", "served_two")
-    assert service.model_name() == "served_two"
+    assert deploy.served_name() == "served_two"
+
+
+def test_service_and_monitor_watch_the_same_model(tmp_path, store, data, monkeypatch):
+    """Slip: the service served MLFLOW_TEMPLATE_MODEL_NAME while the monitor watched the settings' model_name, so
+    with two promoted models they watched different ones; both now ask `deploy.served_name`."""
+    model, contract = fit(data.iloc[:1200]), _contract(data)
+    run = make_run(tmp_path / "r", model, data)
+    deploy.save_model(model, name=NAME, contract=contract, metrics={})
+    other = deploy.save_model(fit(data.iloc[:600], C=0.1), name="served_other", contract=contract, metrics={},
+                              metadata={"threshold": 0.3})
+    monkeypatch.setenv("MLFLOW_TEMPLATE_MODEL_NAME", "served_other")
+    served = service.make_service()().info["tag"]
+    _, _, watched = monitor.watched_model(NAME, run)  # the settings name the other model
+    assert served == watched["tag"] == other and watched["threshold"] == 0.3
+    monkeypatch.delenv("MLFLOW_TEMPLATE_MODEL_NAME")
+    assert monitor.watched_model(NAME, run)[2]["tag"].startswith(f"{NAME}:")  # unset: the settings' name
+
+
+def test_champion_is_scored_at_its_threshold_and_only_when_its_contract_fits(tmp_path, store, data):
+    "deploy and the monitor share `contract.mismatch`: a champion with another positive class is not compared"
+    champion, contract = fit(data.iloc[:1200]), _contract(data)
+    deploy.save_model(champion, name=NAME, contract=contract, metrics={}, metadata={"threshold": 0.2})
+    test = data.iloc[1600:]
+    spec = ProblemSpec(target="churn", positive_class="Yes", primary_metric="recall")
+    versus = deploy.compare_with_champion(NAME, spec, {"recall": 0.1}, test)
+    assert versus["champion"] == compute_metrics(spec, test.churn, champion, test[FEATURES], threshold=0.2)["recall"]
+    flipped = deploy.compare_with_champion(NAME, ProblemSpec(target="churn", positive_class="No"), {"roc_auc": 0.5}, test)
+    assert flipped["promote"] and flipped["champion"] is None
+    assert "has positive_class 'Yes' where this run has 'No'" in flipped["reason"]
+    run = make_run(tmp_path / "r", champion, data)
+    run.write_json("contract.json", {**contract, "positive_class": "No"})
+    assert "has positive_class 'Yes' where this run has 'No'" in monitor.watched_model(NAME, run)[2]["note"]
 
 
 def test_service_answers_with_the_deployed_threshold(data):
@@ -193,3 +229,5 @@ def test_service_answers_with_the_deployed_threshold(data):
     assert [r["id"] for r in out["predictions"]] == data.customer_id[1600:1610].tolist()
     assert [r["probability"] for r in out["predictions"]] == pytest.approx(list(p))
     assert [r["label"] for r in out["predictions"]] == ["Yes" if q >= 0.3 else "No" for q in p]
+    default = service.predict_records(model, contract, records, "m:1")  # promoted without a threshold: 0.5
+    assert [r["label"] for r in default["predictions"]] == ["Yes" if q >= 0.5 else "No" for q in p]

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 from sklearn.compose import make_column_transformer
 from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlflow_template import card, evaluate, metrics, plots, scope, train
-from mlflow_template.labels import positive_scores
+from mlflow_template.labels import predict_table, positive_scores
+from mlflow_template.report import fmt_value
 from mlflow_template.scope import ProblemSpec
 from mlflow_template.settings import load_parameters
 from mlflow_template.synthetic import make_churn
@@ -150,6 +152,70 @@ def test_group_metrics_bins_a_continuous_sensitive_feature(splits, trained):
     tables = evaluate.fairness_tables(SPEC, te, te.churn, scores, 0.3)
     assert list(tables) == ["gender", "age"] and len(tables["gender"]) <= 3
     assert "largest gaps: demographic_parity_difference = " in evaluate.group_caption(SPEC, tables["age"])
+
+
+class _PredictDisagrees(LogisticRegression):
+    "A classifier whose `predict` is not the argmax of its probabilities (as with SVC(probability=True))"
+    def predict(self, X): return self.classes_[np.argmin(self.predict_proba(X), axis=1)]
+
+
+def test_predictions_are_what_the_service_answers(splits, trained):
+    """Slip: evaluate took multiclass labels from `model.predict` while the service (`labels.predict_table`) takes
+    the most probable class; for a model where the two differ the evaluate stage reported other labels."""
+    tr, _, te = splits
+    mc = ProblemSpec(target="contract", task="multiclass")
+    feats = ["tenure_months", "monthly_charges", "support_calls"]
+    model = make_pipeline(SimpleImputer(), StandardScaler(), _PredictDisagrees(max_iter=500)).fit(tr[feats], tr.contract)
+    labels = evaluate.predictions(mc, model, te[feats])
+    assert labels.tolist() == predict_table(model, te[feats], "multiclass").label.tolist()
+    assert (labels != model.predict(te[feats])).any()
+    best = trained[0]
+    assert evaluate.predictions(SPEC, best, te[FEATURES]).tolist() == positive_scores(best, te[FEATURES], "Yes").tolist()
+    assert metrics.compute_metrics(mc, te.contract, scores=labels)["accuracy"] == (labels == te.contract.to_numpy()).mean()
+
+
+def test_group_metrics_are_the_registrys_per_group(splits, trained):
+    "Each group's numbers are `compute_metrics` on its rows; only selection and false-positive rates are added"
+    _, _, te = splits
+    scores = positive_scores(trained[0], te[FEATURES], "Yes")
+    t = evaluate.group_metrics(SPEC, te, te.churn, scores, "gender", threshold=0.3)
+    assert list(t.columns) == ["group", "rows", "positive_rate", "selection_rate", "recall", "false_positive_rate",
+                               "precision", "roc_auc"]
+    g = t.group.iloc[0]
+    rows = (te.gender == g).to_numpy()
+    m = metrics.compute_metrics(SPEC, te.churn[rows], scores=scores[rows], threshold=0.3)
+    row = t.set_index("group").loc[g]
+    assert [row[k] for k in ("positive_rate", "recall", "precision", "roc_auc")] == [m[k] for k in ("positive_rate", "recall", "precision", "roc_auc")]
+    assert row.selection_rate == (scores[rows] >= 0.3).mean()
+    assert t.attrs["demographic_parity_difference"] == t.selection_rate.max() - t.selection_rate.min()
+    # no threshold chosen means 0.5, as everywhere else
+    default = evaluate.fairness_tables(SPEC, te, te.churn, scores)["gender"]
+    assert default.attrs["threshold"] == 0.5 and default.equals(evaluate.group_metrics(SPEC, te, te.churn, scores, "gender", threshold=0.5))
+    cap = evaluate.group_caption(SPEC, t)
+    assert f"demographic_parity_difference = {fmt_value(t.attrs['demographic_parity_difference'])}" in cap
+
+
+def test_evaluate_runbook_computes_test_metrics_with_one_call(splits, trained):
+    "The runbook no longer chooses between scores and model by task: one call, the same numbers as before"
+    _, va, te = splits
+    code = "\n".join(_source(c) for c in _code_cells("06_evaluate.ipynb"))
+    assert "metrics = compute_metrics(spec, test[spec.target], model, test[features], threshold=threshold)" in code
+    assert "if binary: metrics" not in code and ":.2f}" not in code
+    best = trained[0]
+    t = evaluate.choose_threshold(SPEC, "cost", 0.5, va.churn, evaluate.predictions(SPEC, best, va[FEATURES]))["threshold"]
+    before = metrics.compute_metrics(SPEC, te.churn, scores=evaluate.predictions(SPEC, best, te[FEATURES]), threshold=t)
+    assert metrics.compute_metrics(SPEC, te.churn, best, te[FEATURES], threshold=t) == before
+
+
+def test_train_leaderboard_shows_the_registrys_numbers(splits):
+    "The cv column is the mean fold score of the search turned back into the metric (`metrics.metric_from_score`)"
+    tr, va, _ = splits
+    spec = ProblemSpec(target="churn", positive_class="Yes", primary_metric="log_loss")
+    est, space = train.candidates("binary", ["linear"], spec.seed)["linear"]
+    s = train.search(est, space, _preprocessor(), tr[FEATURES], tr.churn, spec, n_iter=1, cv=2)
+    assert metrics.metric_from_score("log_loss", s.best_score_) == -s.best_score_ > 0
+    _, board = train.train_candidates(spec, _preprocessor(), tr, va, FEATURES, ["linear"], n_iter=1, cv=2, progress=None)
+    assert board["cv log_loss"].iloc[0] == -s.best_score_
 
 
 def _card(splits, trained, **kw):
