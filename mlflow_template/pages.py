@@ -28,10 +28,11 @@ def export_html(
     with atomic_path(out) as tmp: tmp.write_text(body, encoding="utf-8")
     return Path(out)
 
-# %% ../nbs/09_pages.ipynb #64ca91f7
+# %% ../nbs/09_pages.ipynb #e96216de
 _CSS = """body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:70rem;color:#222}
 table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
-.ok{color:#176f2c;font-weight:600}.failed{color:#b00020;font-weight:600}.skipped,.pending,.running{color:#777}
+.ok{color:#176f2c;font-weight:600}.failed{color:#b00020;font-weight:600}.interrupted{color:#a85a00;font-weight:600}
+.skipped,.pending,.running{color:#777}
 pre{background:#f6f6f6;padding:.6rem;overflow:auto;white-space:pre-wrap}"""
 
 def _outcome(run_dir: Path) -> list:

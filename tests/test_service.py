@@ -122,7 +122,7 @@ def test_serves_the_promoted_model_from_an_empty_folder_without_a_name(served, t
     empty = tmp_path / "empty"
     empty.mkdir()
     log = tmp_path / "predictions.jsonl"
-    # bentoml_serve always sets MLFLOW_TEMPLATE_MODEL_NAME; an empty value counts as unset (service.model_name)
+    # bentoml_serve always sets MLFLOW_TEMPLATE_MODEL_NAME; an empty value counts as unset (deploy.served_name)
     with bentoml_serve(served.home, "", log, tmp_path, cwd=empty) as url:
         r = httpx.post(f"{url}/predict", json={"records": RECORDS[:1]}, timeout=30)
     assert r.status_code == 200, r.text
