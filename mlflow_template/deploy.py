@@ -19,9 +19,9 @@ from .report import fmt_value
 from .scope import ProblemSpec
 
 # %% auto #0
-__all__ = ['MODEL_FILE', 'CONTRACT_FILE', 'FILES_KEY', 'store_path', 'use_store', 'verify_version', 'verified_versions',
-           'save_model', 'ModelNotFoundError', 'load_model', 'promoted_models', 'promoted_names', 'check_store',
-           'served_name', 'served_threshold', 'compare_with_champion', 'promotion_decision', 'promote']
+__all__ = ['MODEL_FILE', 'CONTRACT_FILE', 'FILES_KEY', 'DEFAULT_LIMITS', 'store_path', 'use_store', 'verify_version',
+           'verified_versions', 'save_model', 'ModelNotFoundError', 'load_model', 'promoted_models', 'promoted_names',
+           'check_store', 'served_name', 'served_threshold', 'compare_with_champion', 'promotion_decision', 'promote']
 
 # %% ../nbs/07_deploy.ipynb #67880ff5
 def _container():
@@ -279,15 +279,17 @@ def promotion_decision(
     anyway = "" if versus["promote"] else " (promoted anyway: require_improvement is off)"
     return {"promote": True, "reason": f"{gate_result['reason']} {why}{anyway}."}
 
-# %% ../nbs/07_deploy.ipynb #999ea531
+# %% ../nbs/07_deploy.ipynb #209963d8
+DEFAULT_LIMITS = {"max_request_bytes": 1_000_000, "max_records": 1_000}  # the service's request limits unless set
+
 def promote(
     run,                               # the run folder (`runfolder.RunFolder`) with the evaluate stage's artifacts
     model_name: str,                   # the served name
     *,
     require_improvement: bool = True,  # promote only a model that beats the served one on this run's test split
     min_improvement: float = 0.0,      # by more than this, in the primary metric's units
-    max_request_bytes: int = 1_000_000,  # the service refuses larger request bodies (stored in metadata["service"])
-    max_records: int = 1000,           # the service refuses requests with more records (stored in metadata["service"])
+    max_request_bytes: int = DEFAULT_LIMITS["max_request_bytes"],  # the service refuses larger request bodies (metadata["service"])
+    max_records: int = DEFAULT_LIMITS["max_records"],  # the service refuses requests with more records (metadata["service"])
 ) -> dict:
     "Promote the run's model if the policy allows: {'promoted', 'tag', 'reason', 'champion'}"
     limits = {"max_request_bytes": max_request_bytes, "max_records": max_records}
