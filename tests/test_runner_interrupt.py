@@ -25,8 +25,14 @@ STARTUP = 180  # seconds allowed until the train stage's workers run (a loaded m
 GONE = 20      # seconds allowed for every process of the run to end once the runner is stopped
 
 
+def _default_signals():
+    "In the child: SIGINT and SIGTERM as a terminal gives them (a background test run inherits SIGINT ignored)"
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def cli(project, *args, **kw):
-    return subprocess.Popen([str(BIN / "mlflow-template"), *args], cwd=project, **kw)
+    return subprocess.Popen([str(BIN / "mlflow-template"), *args], cwd=project, preexec_fn=_default_signals, **kw)
 
 
 def cmdline(p: psutil.Process) -> list:

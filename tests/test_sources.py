@@ -18,10 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import mlflow_template.acquire as acquire
-import mlflow_template.acquire_api as acquire_api
 import mlflow_template.acquire_files as acquire_files
-import mlflow_template.acquire_sql as acquire_sql
 from mlflow_template.acquire import load_source, snapshot
 from mlflow_template.core import sha256_frame, write_json
 from mlflow_template.scope import ProblemSpec
@@ -40,15 +37,6 @@ def same(a: pd.DataFrame, b: pd.DataFrame):
 
 def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_public_api_is_deliberate():
-    assert set(acquire.__all__) == {"FORMATS", "SQL_DIALECTS", "FORMAT_OPTIONS", "OPTIONS", "redact", "source_format",
-                                    "expand_env", "env_secrets", "scrub", "flatten_nested", "records_of", "load_source",
-                                    "snapshot", "check_acquired", "acquire"}
-    assert set(acquire_files.__all__) == {"PROGRESS_BYTES", "read_files"}
-    assert set(acquire_sql.__all__) == {"read_sql"}
-    assert set(acquire_api.__all__) == {"PAGING", "read_api"}
 
 
 # ---------------------------------------------------------------- files over http://
