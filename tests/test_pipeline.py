@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 RUNBOOKS = sorted(p.name for p in (ROOT / "nbs" / "pipeline").glob("[0-9]*.ipynb"))
 SMALL = ["--set", "acquire.source=synthetic://churn?rows=3000&seed=42", "--set", "explore.profile_rows=1000",
          "--set", "train.n_iter=2", "--set", "evaluate.cv_folds=2", "--set", "evaluate.importance_repeats=1",
-         "--set", "monitor.current_source=synthetic://churn?rows=1500&seed=7&shift_monthly_charges=25&concept=0.8"]
+         "--set", "monitor.current_source=synthetic://churn?rows=1500&seed=7&shift_monthly_charges=25&concept=0.8",
+         "--set", "deploy.max_records=3"]  # a request limit set in settings travels with the model to the service
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,9 @@ def test_promoted_model_answers_over_http(project, good_run, tmp_path):
     log = tmp_path / "predictions.jsonl"
     with bentoml_serve(project.store, "churn_model", log, tmp_path) as url:
         r = httpx.post(f"{url}/predict", json={"records": records.to_dict(orient="records")}, timeout=60)
+        four = records.to_dict(orient="records") + records.head(1).to_dict(orient="records")
+        too_many = httpx.post(f"{url}/predict", json={"records": four}, timeout=60)
+    assert too_many.status_code == 413 and "3" in too_many.text, too_many.text  # deploy.max_records = 3 in settings
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == tag
