@@ -282,3 +282,22 @@ def test_modules_stay_short():
     for mod in ("scope", "train", "evaluate", "plots", "card"):
         lines = (ROOT / "mlflow_template" / f"{mod}.py").read_text().count("\n")
         assert lines < 450, f"{mod}.py has {lines} lines"
+
+
+def test_train_runbook_records_every_trial_and_passes_the_cap():
+    "issue 8: train.json lists every setting tried (not only each family's best); the seconds cap reaches the search"
+    cells = _code_cells("05_train.ipynb")
+    params = ast.parse(_source(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))))
+    assert {n.target.id for n in params.body if isinstance(n, ast.AnnAssign)} >= {"strategy", "n_iter", "timeout"}
+    code = "\n".join(_source(c) for c in cells)
+    assert "timeout=timeout" in code and '"trials": trials.to_dict(orient="records")' in code
+    assert "top_trials(trials, spec.primary_metric, n=10)" in code
+
+
+def test_leaderboard_trials_hold_each_familys_defaults_first(trained):
+    board = trained[1]
+    trials = pd.DataFrame(board.attrs["trials"])
+    assert set(trials.family) == set(board.family)
+    for fam, g in trials.groupby("family"):
+        assert g.defaults.iloc[0] and g.trial.iloc[0] == 0 and len(g) == 2  # n_iter=1: the defaults plus one
+        assert g["cv roc_auc"].max() == board.set_index("family").loc[fam, "cv roc_auc"]

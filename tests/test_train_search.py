@@ -1,0 +1,115 @@
+"""Hyperparameter search (issue 8): Bayesian search with Optuna is reproducible and counts its trials, every family's
+defaults are a candidate (so tuning can only add), and gradient boosting searches its iteration count with early stopping."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.compose import make_column_transformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from mlflow_template import train
+from mlflow_template.modelfile import dump_model, load_model_file
+from mlflow_template.scope import ProblemSpec
+from mlflow_template.synthetic import make_churn
+
+SPEC = ProblemSpec(target="churn", positive_class="Yes", id_column="customer_id")
+NUMERIC = ["tenure_months", "monthly_charges", "support_calls"]
+CATEGORICAL = ["contract", "internet_service"]
+FEATURES = NUMERIC + CATEGORICAL
+
+
+def _pre():
+    return make_column_transformer(
+        (make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), NUMERIC),
+        (make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")), CATEGORICAL))
+
+
+@pytest.fixture(scope="module")
+def data():
+    df = make_churn(900, seed=7, duplicates=0)
+    df = df[df.churn.notna()].reset_index(drop=True)
+    return df.iloc[:600], df.iloc[600:]
+
+
+def _bayes(data, family="linear", n_iter=4, spec=SPEC, space=None):
+    tr, _ = data
+    est, default_space = train.candidates("binary", [family], spec.seed)[family]
+    return train.search(est, space or default_space, _pre(), tr[FEATURES], tr.churn, spec, "bayes", n_iter=n_iter, cv=2)
+
+
+def test_bayes_is_reproducible(data):
+    "Same seed, same settings proposed, same scores, same winner"
+    a, b = _bayes(data), _bayes(data)
+    assert a.cv_results_["params"] == b.cv_results_["params"]
+    assert a.cv_results_["mean_test_score"].tolist() == b.cv_results_["mean_test_score"].tolist()
+    assert a.best_params_ == b.best_params_ and a.best_score_ == b.best_score_
+    other = _bayes(data, spec=ProblemSpec(target="churn", positive_class="Yes", seed=1))
+    assert other.cv_results_["params"][1:] != a.cv_results_["params"][1:]  # the seed is what fixes them
+
+
+def test_bayes_counts_its_trials(data):
+    "n_iter settings proposed by Optuna, plus the defaults first; the trial table shows each with its time"
+    s = _bayes(data, n_iter=3)
+    assert len(s.cv_results_["params"]) == 4 and s.cv_results_["params"][0] == {"model__C": 1.0}
+    t = train.trial_table(s, "linear", "roc_auc")
+    assert list(t.trial) == [0, 1, 2, 3] and t.defaults.tolist() == [True, False, False, False]
+    assert (t.seconds > 0).all() and (t["cv roc_auc"] <= 1).all() and t["cv roc_auc"].max() == s.best_score_
+
+
+def test_timeout_caps_the_bayes_search(data):
+    "A cap of a few milliseconds stops Optuna after its first trial; the defaults are still scored"
+    tr, _ = data
+    est, space = train.candidates("binary", ["linear"])["linear"]
+    s = train.search(est, space, _pre(), tr[FEATURES], tr.churn, SPEC, "bayes", n_iter=50, cv=2, timeout=0.001)
+    assert 2 <= len(s.cv_results_["params"]) < 10
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        train.search(est, space, _pre(), tr[FEATURES], tr.churn, SPEC, "bayes", timeout=-1)
+
+
+@pytest.mark.parametrize("strategy", ["random", "grid", "bayes"])
+def test_defaults_win_over_a_bad_space(data, strategy):
+    "A space of absurdly strong regularisation: every tuned setting predicts the base rate, the defaults win"
+    tr, _ = data
+    spec = ProblemSpec(target="churn", positive_class="Yes", primary_metric="log_loss")
+    est, _ = train.candidates("binary", ["linear"])["linear"]
+    s = train.search(est, {"C": stats.loguniform(1e-7, 1e-6)}, _pre(), tr[FEATURES], tr.churn, spec, strategy, n_iter=3, cv=2)
+    assert s.cv_results_["params"][0] == {"model__C": 1.0}
+    assert s.best_params_ == {"model__C": 1.0}, s.best_params_
+    assert s.best_estimator_.named_steps["model"].C == 1.0
+
+
+def test_boosting_searches_its_iteration_count_with_early_stopping(data):
+    "max_iter is searched (log scale) with the learning rate; early stopping ends each fit; the model file loads"
+    est, space = train.candidates("binary", ["tree"])["tree"]
+    assert est.early_stopping is True and isinstance(space["max_iter"], train.LogInt)
+    assert train.default_params(est, space)["max_iter"] == 100
+    s = _bayes(data, family="tree", n_iter=3)
+    tried = [p["model__max_iter"] for p in s.cv_results_["params"]]
+    assert tried[0] == 100 and len(set(tried)) == 4 and all(100 <= m <= 1000 for m in tried), tried
+    model = s.best_estimator_.named_steps["model"]
+    assert model.n_iter_ <= model.max_iter
+
+
+def test_bayes_model_loads_under_the_reviewed_types(data, tmp_path):
+    "Optuna objects never enter the pipeline: the winner saves and loads with the trusted type list"
+    s = _bayes(data, n_iter=2)
+    path = dump_model(s.best_estimator_, tmp_path / "model.skops")
+    _, va = data
+    back = load_model_file(path)
+    assert np.allclose(back.predict_proba(va[FEATURES]), s.best_estimator_.predict_proba(va[FEATURES]))
+
+
+def test_every_space_entry_has_an_optuna_translation():
+    "loguniform, randint, uniform, LogInt and lists of choices (tuples included) for every family and task"
+    import optuna
+    for task in ("binary", "regression"):
+        for fam, (est, space) in train.candidates(task, list(train.FAMILIES)).items():
+            trial = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0)).ask()
+            values = {k: train._suggest(trial, k, d) for k, d in space.items()}
+            est.set_params(**values)  # each a valid value for the estimator
+            if fam == "neural": assert isinstance(values["hidden_layer_sizes"], tuple)
+    with pytest.raises(ValueError, match="no Optuna translation for a scipy 'norm'"):
+        train._suggest(optuna.create_study().ask(), "x", stats.norm(0, 1))
