@@ -98,7 +98,8 @@ PUBLIC_API = {
                 'option_problems', 'parse_value', 'read_settings', 'resolve', 'runbook_parameters', 'runbooks',
                 'stage_name'},
     "synthetic": {'best_roc_auc', 'load_synthetic', 'make_churn', 'parse_synthetic_uri'},
-    "train": {'FAMILIES', 'STRATEGIES', 'candidates', 'check_options', 'search', 'train_candidates'},
+    "train": {'BayesSearch', 'FAMILIES', 'LogInt', 'STRATEGIES', 'candidates', 'check_options', 'default_params',
+             'search', 'top_trials', 'train_candidates', 'trial_table'},
 }
 
 
