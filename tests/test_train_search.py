@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import stats
-from sklearn.compose import make_column_transformer
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlflow_template import train
+from mlflow_template.features import build_preprocessor
 from mlflow_template.modelfile import dump_model, load_model_file
 from mlflow_template.scope import ProblemSpec
 from mlflow_template.synthetic import make_churn
@@ -22,9 +19,8 @@ FEATURES = NUMERIC + CATEGORICAL
 
 
 def _pre():
-    return make_column_transformer(
-        (make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), NUMERIC),
-        (make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")), CATEGORICAL))
+    "The project's own preprocessing for these columns, unfitted"
+    return build_preprocessor({"numeric": NUMERIC, "categorical": CATEGORICAL, "datetime": []})
 
 
 @pytest.fixture(scope="module")
