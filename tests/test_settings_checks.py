@@ -21,6 +21,7 @@ BAD = {
     "evaluate.threshold_strategy=median": ("evaluate.threshold_strategy", "'median'", "cost, fixed"),
     "prepare.test_size=1.5": ("prepare.test_size", "1.5", "(0, 1)"),
     "monitor.p_threshold=2": ("monitor.p_threshold", "got 2", "(0, 1)"),
+    "deploy.max_records=0": ("deploy.max_records", "got 0", ">= 1"),  # a service limit, refused before the run
 }
 
 
