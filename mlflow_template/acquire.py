@@ -210,7 +210,7 @@ FORMAT_OPTIONS = {"sql": ("table", "query"), "json": ("records_key", "flatten"),
                           "timeout", "retries", "auth_env", "headers_env", "flatten")}  # the options each format reads
 OPTIONS = tuple(dict.fromkeys(o for opts in FORMAT_OPTIONS.values() for o in opts))  # every option a runbook sets
 
-# %% ../nbs/02_acquire.ipynb #4ea9e867
+# %% ../nbs/02_acquire.ipynb #5a18ec67
 def _same_snapshot(
     path: Path,       # an existing snapshot
     df: pd.DataFrame, # the data just read
@@ -242,9 +242,7 @@ def snapshot(
             raise FileExistsError(f"{path}: this run already holds a raw snapshot with different content; raw data is "
                                   f"never overwritten: start a new run (a new run folder) to acquire {redact(source)}")
     else:
-        with atomic_path(path) as tmp:
-            df.to_parquet(tmp, index=False)
-            os.chmod(tmp, 0o444)  # read-only before it takes its name: no moment where it is writable
+        with atomic_path(path, mode=0o444) as tmp: df.to_parquet(tmp, index=False)  # read-only as it takes its name
     return {"source": redact(source), "format": fmt, **({"options": used} if used else {}),
             "acquired_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "rows": int(len(df)), "columns": [str(c) for c in df.columns],
