@@ -21,9 +21,9 @@ from .scope import ProblemSpec
 from .settings import option_problems
 
 # %% auto #0
-__all__ = ['DUPLICATE_KEEP', 'repair_types', 'clean_target', 'deduplicate', 'missing_report', 'split_data', 'check_options',
-           'check_ids_disjoint', 'Prepared', 'prepare_data', 'cleaning_steps', 'target_table', 'roles_table',
-           'split_table', 'contract_table', 'contract_warnings']
+__all__ = ['DUPLICATE_KEEP', 'EXACT_DUPLICATES', 'repair_types', 'clean_target', 'deduplicate', 'missing_report', 'split_data',
+           'check_options', 'check_ids_disjoint', 'Prepared', 'prepare_data', 'cleaning_steps', 'target_table',
+           'roles_table', 'split_table', 'contract_table', 'contract_warnings']
 
 # %% ../nbs/03_prepare.ipynb #d9cae717
 _CONVERSION_COLUMNS = ["column", "converted to", "format", "values", "missing tokens", "not parsed (now missing)", "note"]
@@ -118,24 +118,30 @@ def clean_target(
     report["classes"] = {str(k): int(v) for k, v in out[spec.target].value_counts().sort_index().items()}
     return out, report
 
-# %% ../nbs/03_prepare.ipynb #dddedbc9
+# %% ../nbs/03_prepare.ipynb #ef92de08
 DUPLICATE_KEEP = ("first", "last", "keep_all")
+EXACT_DUPLICATES = ("auto", "drop", "keep")
 
-def _check_keep(keep, name: str = "keep") -> None:
-    "ValueError naming `name` unless `keep` is one of `DUPLICATE_KEEP`"
-    if keep not in DUPLICATE_KEEP: raise ValueError(f"{name}: {keep!r} is not one of {', '.join(DUPLICATE_KEEP)}")
+def _check_choice(value, choices: tuple, name: str) -> None:
+    "ValueError naming `name` unless `value` is one of `choices`"
+    if value not in choices: raise ValueError(f"{name}: {value!r} is not one of {', '.join(choices)}")
 
 def deduplicate(
     df: pd.DataFrame,     # the table
     spec: ProblemSpec,    # names the id and time columns
     keep: str = "first",  # of several rows with one id keep the first, the last, or all of them: first | last | keep_all
+    exact: str = "auto",  # exact duplicate rows: drop | keep | auto (drop when there is an id column)
 ) -> tuple[pd.DataFrame, dict]:
-    "Drop exact duplicate rows, then (unless keep_all) duplicate ids; return the rows kept and the counts"
-    _check_keep(keep)
-    exact = df.duplicated(keep="first").to_numpy()
-    out = df.loc[~exact]
-    report = {"exact_duplicates_dropped": int(exact.sum()), "duplicate_ids_dropped": 0, "repeated_ids": 0,
-              "rows_with_repeated_ids": 0, "rows_without_id": 0, "duplicate_keep": keep}
+    "Drop exact duplicate rows (see `exact`), then (unless keep_all) duplicate ids; return the rows kept and the counts"
+    _check_choice(keep, DUPLICATE_KEEP, "keep")
+    _check_choice(exact, EXACT_DUPLICATES, "exact")
+    has_ids = bool(spec.id_column) and spec.id_column in df.columns
+    drop = exact == "drop" or (exact == "auto" and has_ids)
+    same = df.duplicated(keep="first").to_numpy()
+    out = df.loc[~same] if drop else df
+    report = {"exact_duplicates": int(same.sum()), "exact_duplicates_dropped": int(same.sum()) if drop else 0,
+              "exact_rule": exact if exact != "auto" else f"auto: {'drop (an id column is set)' if drop else 'keep (no id column)'}",
+              "duplicate_ids_dropped": 0, "repeated_ids": 0, "rows_with_repeated_ids": 0, "rows_without_id": 0, "duplicate_keep": keep}
     if spec.id_column and spec.id_column in out.columns:
         if spec.time_column and spec.time_column in out.columns: out = out.sort_values(spec.time_column, kind="stable")
         ids = out[spec.id_column]
@@ -237,9 +243,10 @@ def split_data(
     tr, va = _hold_out(len(rest), y2, None if groups is None else groups[rest], valid_size / (1 - test_size), spec.seed)
     return df.iloc[rest[tr]], df.iloc[rest[va]], df.iloc[test]
 
-# %% ../nbs/03_prepare.ipynb #571c12e8
+# %% ../nbs/03_prepare.ipynb #c1475cfc
 _OPTION_RULES = (  # (keys, rule): each option checked by the rule of the function that uses it
-    (("duplicate_keep",), lambda v: _check_keep(v, "duplicate_keep")),                   # deduplicate
+    (("duplicate_keep",), lambda v: _check_choice(v, DUPLICATE_KEEP, "duplicate_keep")),  # deduplicate
+    (("exact_duplicates",), lambda v: _check_choice(v, EXACT_DUPLICATES, "exact_duplicates")),
     (("test_size", "valid_size"), _check_sizes),                                         # split_data
     (("parse_threshold",), lambda v: check_fraction(v, "parse_threshold")),              # repair_types
     (("clip_method",), check_clip_method),                                               # features.build_preprocessor
@@ -257,7 +264,7 @@ def check_options(
     "One message `prepare.key: ...` per prepare option that is not valid, naming its value and what is allowed"
     return option_problems("prepare", _OPTION_RULES, params)
 
-def _check_options(duplicate_keep, test_size, valid_size, parse_threshold, clip_method, clip_quantiles, iqr_k,
+def _check_options(duplicate_keep, exact_duplicates, test_size, valid_size, parse_threshold, clip_method, clip_quantiles, iqr_k,
                    min_category_share, id_unique_share, ratios, leakage_threshold) -> None:
     "Raise a ValueError naming every prepare option that is not valid"
     problems = check_options(**locals())
@@ -303,12 +310,13 @@ class Prepared:
         return (f"Prepared({', '.join(f'{n}={len(p):,} rows' for n, p in self.splits.items())}, "
                 f"{len(self.contract['features'])} features, {len(self.roles['dropped'])} dropped)")
 
-# %% ../nbs/03_prepare.ipynb #81d798c1
+# %% ../nbs/03_prepare.ipynb #6e563267
 def prepare_data(
     raw: pd.DataFrame,               # the raw snapshot (pass it as a temporary, and a large one is freed early)
     spec: ProblemSpec,               # target, task, positive class, id and time columns, seed
     *,
     duplicate_keep: str = "first",   # of several rows with one id: first | last | keep_all (see `deduplicate`)
+    exact_duplicates: str = "auto",  # identical rows: drop | keep | auto (drop when there is an id column; see `deduplicate`)
     test_size: float = 0.2,          # share of rows in the test split
     valid_size: float = 0.2,         # share of rows in the validation split
     parse_threshold: float = 0.95,   # text columns become numbers or dates when at least this share parses
@@ -323,12 +331,12 @@ def prepare_data(
 ) -> Prepared:
     "The prepare stage: clean, decide roles, split, check leakage, learn the contract, fit the preprocessing, report"
     ratios = {} if ratios is None else ratios
-    _check_options(duplicate_keep, test_size, valid_size, parse_threshold, clip_method, clip_quantiles, iqr_k,
+    _check_options(duplicate_keep, exact_duplicates, test_size, valid_size, parse_threshold, clip_method, clip_quantiles, iqr_k,
                    min_category_share, id_unique_share, ratios, leakage_threshold)
     ratios = dict(ratios)
     df, conversions = repair_types(raw, spec, threshold=parse_threshold)
     df, target_report = clean_target(df, spec)
-    df, dup_report = deduplicate(df, spec, keep=duplicate_keep)
+    df, dup_report = deduplicate(df, spec, keep=duplicate_keep, exact=exact_duplicates)
     roles = feature_roles(df, spec, id_unique_share=id_unique_share)
     missing = missing_report(raw, df, roles)
     del raw  # large tables: keep one copy of the data in memory at a time, not three
@@ -363,7 +371,7 @@ def prepare_data(
     return Prepared(train, valid, test, roles, contract, preprocessor, report, conversions, leakage, missing, clipping,
                     engineered, checks)
 
-# %% ../nbs/03_prepare.ipynb #48ff5cd1
+# %% ../nbs/03_prepare.ipynb #28b0c3f6
 def cleaning_steps(
     report: dict,       # `Prepared.report`
     spec: ProblemSpec,  # names the id column
@@ -374,7 +382,9 @@ def cleaning_steps(
     for step, n, why in [
             ("target missing", report["target_missing_dropped"], "a row without a label cannot train or test"),
             ("target not a number", report["target_unparsed_dropped"], "a regression target must be a number"),
-            ("exact duplicates", report["exact_duplicates_dropped"], "the same row twice would count twice and could straddle splits"),
+            ("exact duplicates", report["exact_duplicates_dropped"],
+             f"one record loaded twice would count twice and could straddle splits ({report['exact_rule']})" if report["exact_duplicates_dropped"]
+             else f"{report['exact_duplicates']:,} identical rows kept as distinct observations ({report['exact_rule']})"),
             (f"repeated {spec.id_column} (keep {keep})" if spec.id_column else "repeated ids", report["duplicate_ids_dropped"],
              "no id column: nothing to check" if not spec.id_column else
              "one entity, one row" if keep != "keep_all" else "kept: event data, an id's rows stay in one split")]:
