@@ -12,7 +12,7 @@ from .core import atomic_path, sha256_file
 # %% auto #0
 __all__ = ['TRUSTED_TYPES', 'pipeline_types', 'trusted_types', 'dump_model', 'check_sha256', 'load_model_file']
 
-# %% ../nbs/00_modelfile.ipynb #3ec00088
+# %% ../nbs/00_modelfile.ipynb #c8916202
 def pipeline_types(
     tasks: tuple = ("binary", "multiclass", "regression"),  # the tasks to fit models for
     families: tuple | None = None,                          # model families (default: all of `train.FAMILIES`)
@@ -22,7 +22,8 @@ def pipeline_types(
     import numpy as np, pandas as pd, skops.io as sio
     from sklearn.pipeline import Pipeline
     from mlflow_template.features import build_preprocessor
-    from mlflow_template.train import FAMILIES, candidates
+    from types import SimpleNamespace
+    from mlflow_template.train import FAMILIES, TARGET_TRANSFORMS, candidates, ensemble_of, with_target_transform
     rng, n = np.random.default_rng(0), 60
     X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.uniform(1, 5, n), "flag": rng.integers(0, 2, n).astype(bool),
                       "cat": rng.choice(["x", "y", "z"], n).astype(object),
@@ -38,14 +39,21 @@ def pipeline_types(
             for fam, (est, _) in candidates(task, families or FAMILIES, 0, n_rows=n).items():
                 small = {"n_estimators": 3} if fam == "forest" else {"max_iter": 5} if fam == "neural" else {}
                 for clip_method in clip_methods:
-                    prep = build_preprocessor(roles, clip_method=clip_method, ratios={"a_per_b": ["a", "b"]})
-                    m = Pipeline([("prep", prep), ("model", est.set_params(**small))]).fit(X, ys[task])
-                    sio.dump(m, Path(d) / "m.skops")
-                    found |= set(sio.get_untrusted_types(file=str(Path(d) / "m.skops")))
+                    for how in TARGET_TRANSFORMS if task == "regression" else ("none",):  # regression: each target transform
+                        prep = build_preprocessor(roles, clip_method=clip_method, ratios={"a_per_b": ["a", "b"]})
+                        model = with_target_transform(est.set_params(**small), how)
+                        m = Pipeline([("prep", prep), ("model", model)]).fit(X, ys[task])
+                        sio.dump(m, Path(d) / "m.skops")
+                        found |= set(sio.get_untrusted_types(file=str(Path(d) / "m.skops")))
+            if len(families or FAMILIES) < 2: continue
+            prep = build_preprocessor(roles, clip_method=clip_methods[0])  # the train stage's voting ensemble of two families
+            pipes = {f: Pipeline([("prep", prep), ("model", e)]) for f, (e, _) in candidates(task, ["linear", "tree"], 0, n_rows=n).items()}
+            sio.dump(ensemble_of(SimpleNamespace(task=task), pipes).fit(X, ys[task]), Path(d) / "m.skops")
+            found |= set(sio.get_untrusted_types(file=str(Path(d) / "m.skops")))
     return sorted(found)
 
-# %% ../nbs/00_modelfile.ipynb #cd1d3c60
-# Produced by `pipeline_types()` (every task x family x clipping method of the pipeline) and reviewed by hand: each is
+# %% ../nbs/00_modelfile.ipynb #26048e0d
+# Produced by `pipeline_types()` (every task x family x clipping method x target transform of the pipeline) and reviewed by hand: each is
 # a class (no function), and building it from a file only stores the file's values. Adding a type is a reviewed
 # change: check that constructing it (`cls(*args)` or `cls.__new__` + `__setstate__`) from untrusted values cannot
 # run code, touch files or the network, then add it here with a comment saying what needs it.
@@ -61,6 +69,8 @@ TRUSTED_TYPES = (
     # checks, so a crafted tree could crash inference; promoted files are therefore also checked against the SHA-256
     # recorded at promotion (`deploy.load_model`)
     "sklearn.tree._tree.Tree",
+    # the voting ensemble's `named_estimators_`: a dict with attribute access; loading it only stores the file's values
+    "sklearn.utils._bunch.Bunch",
 )
 
 def trusted_types(

@@ -18,22 +18,32 @@ from .metrics import metric_unit
 # %% auto #0
 __all__ = ['plot_leaderboard', 'plot_roc_pr', 'plot_confusion', 'plot_calibration', 'plot_partial_dependence', 'plot_residuals']
 
-# %% ../nbs/00_plots.ipynb #9d596294
+# %% ../nbs/00_plots.ipynb #6f5d3034
 def plot_leaderboard(
-    board: pd.DataFrame,  # from `train.train_candidates`: `family`, `cv <metric>` and `valid <metric>` columns
-    spec,                 # the problem spec: its primary metric names the columns
+    board: pd.DataFrame,          # from `train.train_candidates`: `family`, `cv <metric>`, `cv <metric> std`
+    spec,                         # the problem spec: its primary metric names the columns
+    trials: pd.DataFrame | None = None,  # every setting tried (`family`, `cv <metric>`), drawn as dots
 ):
-    "Cross-validated and validation score of each family on the primary metric, as grouped bars"
+    "Each family's best cross-validated score as a bar with one standard deviation across folds, and every setting tried as a dot"
     import matplotlib.pyplot as plt
-    import seaborn as sns
     metric = spec.primary_metric
-    cols = [f"cv {metric}", f"valid {metric}"]
+    cols = [f"cv {metric}", f"cv {metric} std"]
     missing = [c for c in ["family", *cols] if c not in board.columns]
     if missing: raise KeyError(f"board: lacks the columns {missing} (is it a leaderboard for {metric}?)")
-    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(board)))
-    long = board.melt(id_vars="family", value_vars=cols, var_name="measured on", value_name=metric)
-    sns.barplot(data=long, y="family", x=metric, hue="measured on", ax=ax)
-    ax.set_xlabel(f"{metric} ({metric_unit(metric, spec)})")
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.6 * len(board)))
+    pos = range(len(board))
+    ax.barh(list(pos), board[cols[0]], xerr=board[cols[1]], color="#9ecae1", capsize=4, label="best setting (± 1 sd across folds)")
+    if trials is not None and len(trials):
+        at = dict(zip(board.family, pos))
+        t = trials[trials.family.isin(at)]
+        jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(t))
+        ax.scatter(t[cols[0]], t.family.map(at) + jitter, s=14, color="#08519c", zorder=3, label="each setting tried")
+    ax.set_yticks(list(pos), board.family)
+    lo = np.nanmin(np.r_[board[cols[0]] - board[cols[1]], trials[cols[0]] if trials is not None and len(trials) else []])
+    hi = np.nanmax(board[cols[0]] + board[cols[1]])
+    ax.set_xlim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+    ax.set_xlabel(f"cross-validated {metric} ({metric_unit(metric, spec)})")
+    ax.legend(loc="lower right", fontsize="small")
     return fig
 
 # %% ../nbs/00_plots.ipynb #ab1789cf

@@ -117,8 +117,8 @@ def test_pipeline_runs_end_to_end(project, name):
 def test_every_family_learns_on_small_data(project):
     "178 wines leave about 65 rows per search fold: the tree family's leaves must fit them, or it predicts one class"
     board = run_on(project, "wine").read("train.json")["leaderboard"]
-    assert {r["family"] for r in board} == {"linear", "tree"}
-    assert all(r["valid f1_macro"] > 0.8 for r in board), board
+    assert {r["family"] for r in board} >= {"linear", "tree"}
+    assert all(r["cv f1_macro"] > 0.8 for r in board), board
 
 
 @pytest.mark.parametrize("name", list(DATASETS))

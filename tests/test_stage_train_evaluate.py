@@ -85,27 +85,29 @@ def test_scope_uses_the_metric_registry():
 def test_train_scores_with_the_registry(splits, trained):
     assert not hasattr(train, "SCORERS") and "scorer" not in train.__all__ and train.scorer is metrics.scorer
     _, va, _ = splits
-    best, board = trained
-    assert list(board.family) == sorted(board.family, key=lambda f: -board.set_index("family").loc[f, "valid roc_auc"])
-    top = board.iloc[0]
-    # the leaderboard's validation score is the evaluate stage's number for the same rows
-    assert top["valid roc_auc"] == pytest.approx(metrics.compute_metrics(SPEC, va.churn, best, va[FEATURES])["roc_auc"])
+    tr, _, _ = splits
+    board = trained.board
+    singles = board[board.family != "ensemble"]
+    assert singles["cv roc_auc"].is_monotonic_decreasing  # ranked by the cross-validated score: the top row is selected
+    # the out-of-fold predictions the threshold is chosen on: every development row once, scored by the registry
+    oof = trained.oof
+    assert len(oof) == len(tr) + len(va) == trained.rows["fitted"] and oof.prediction.between(0, 1).all()
+    assert 0.6 < metrics.compute_metrics(SPEC, oof.churn, scores=oof.prediction.to_numpy())["roc_auc"] < 1
     assert all(type(v) in (int, float, str, bool, list) for p in board["best params"] for v in p.values())
 
 
 def test_train_lower_is_better_metric_shown_as_itself(splits):
     tr, va, _ = splits
     spec = ProblemSpec(target="churn", positive_class="Yes", primary_metric="log_loss")
-    best, board = train.train_candidates(spec, _preprocessor(), tr, va, FEATURES, ["linear", "tree"], n_iter=1, cv=2,
-                                         progress=None)
-    assert (board["valid log_loss"] > 0).all() and (board["cv log_loss"] > 0).all()
-    assert board["valid log_loss"].is_monotonic_increasing  # smallest loss first: it is the one selected
-    assert board["valid log_loss"].iloc[0] == pytest.approx(metrics.compute_metrics(spec, va.churn, best, va[FEATURES])["log_loss"])
+    board = train.train_candidates(spec, _preprocessor(), tr, va, FEATURES, ["linear", "tree"], n_iter=1, cv=2,
+                                   progress=None).board
+    assert (board["cv log_loss"] > 0).all() and (board["cv log_loss std"] >= 0).all()
+    assert board[board.family != "ensemble"]["cv log_loss"].is_monotonic_increasing  # smallest loss first: it is the one selected
 
 
 def test_plot_leaderboard(trained):
-    fig = plots.plot_leaderboard(trained[1], SPEC)
-    assert fig.axes[0].get_xlabel() == "roc_auc (unitless)"
+    fig = plots.plot_leaderboard(trained.board, SPEC, trained.trials)
+    assert fig.axes[0].get_xlabel() == "cross-validated roc_auc (unitless)"
 
 
 # evaluate: threshold, cross-validation, fairness, gate, card
@@ -116,7 +118,7 @@ def test_choose_threshold_checks_the_strategy_first(splits, trained):
     for task, spec in (("binary", SPEC), ("regression", ProblemSpec(target="y", task="regression"))):
         with pytest.raises(ValueError, match=r"threshold_strategy: 'best' is not one of cost, fixed"):
             evaluate.choose_threshold(spec, "best", 0.5, None, None)
-    scores = positive_scores(trained[0], va[FEATURES], "Yes")
+    scores = positive_scores(trained.model, va[FEATURES], "Yes")
     cost = evaluate.choose_threshold(SPEC, "cost", 0.5, va.churn, scores)
     assert cost["threshold"] == evaluate.cost_threshold(SPEC, va.churn, scores)["threshold"]
     fixed = evaluate.choose_threshold(SPEC, "fixed", 0.3, va.churn, scores)
@@ -135,7 +137,7 @@ def test_evaluate_runbook_validates_the_strategy_before_using_it():
 
 def test_cross_validation_shows_the_registry_summary_metrics(splits, trained):
     tr, _, _ = splits
-    cv = evaluate.cross_validate_model(trained[0], tr[FEATURES], tr.churn, SPEC, folds=2)
+    cv = evaluate.cross_validate_model(trained.model, tr[FEATURES], tr.churn, SPEC, folds=2)
     assert list(cv.metric) == ["roc_auc", "pr_auc", "f1", "log_loss"] == list(metrics.metrics_for("binary", summary=True))
     assert (cv.ci_lower <= cv["mean"]).all() and (cv["mean"] <= cv.ci_upper).all()
 
@@ -144,7 +146,7 @@ def test_group_metrics_bins_a_continuous_sensitive_feature(splits, trained):
     "slip a: an age with 60 values is a few age bands (as in explore), not 60 groups; missing ages are one group"
     _, _, te = splits
     assert te.age.nunique() > 50
-    scores = positive_scores(trained[0], te[FEATURES], "Yes")
+    scores = positive_scores(trained.model, te[FEATURES], "Yes")
     t = evaluate.group_metrics(SPEC, te, te.churn, scores, "age", threshold=0.3)
     assert len(t) == 6 and t.group.iloc[-1] == "missing", t
     assert t.rows.iloc[-1] == te.age.isna().sum() and t.rows.sum() == len(te)
@@ -169,7 +171,7 @@ def test_predictions_are_what_the_service_answers(splits, trained):
     labels = evaluate.predictions(mc, model, te[feats])
     assert labels.tolist() == predict_table(model, te[feats], "multiclass").label.tolist()
     assert (labels != model.predict(te[feats])).any()
-    best = trained[0]
+    best = trained.model
     assert evaluate.predictions(SPEC, best, te[FEATURES]).tolist() == positive_scores(best, te[FEATURES], "Yes").tolist()
     assert metrics.compute_metrics(mc, te.contract, scores=labels)["accuracy"] == (labels == te.contract.to_numpy()).mean()
 
@@ -177,7 +179,7 @@ def test_predictions_are_what_the_service_answers(splits, trained):
 def test_group_metrics_are_the_registrys_per_group(splits, trained):
     "Each group's numbers are `compute_metrics` on its rows; only selection and false-positive rates are added"
     _, _, te = splits
-    scores = positive_scores(trained[0], te[FEATURES], "Yes")
+    scores = positive_scores(trained.model, te[FEATURES], "Yes")
     t = evaluate.group_metrics(SPEC, te, te.churn, scores, "gender", threshold=0.3)
     assert list(t.columns) == ["group", "rows", "positive_rate", "selection_rate", "recall", "false_positive_rate",
                                "precision", "roc_auc"]
@@ -201,7 +203,7 @@ def test_evaluate_runbook_computes_test_metrics_with_one_call(splits, trained):
     code = "\n".join(_source(c) for c in _code_cells("06_evaluate.ipynb"))
     assert "metrics = compute_metrics(spec, test[spec.target], model, test[features], threshold=threshold)" in code
     assert "if binary: metrics" not in code and ":.2f}" not in code
-    best = trained[0]
+    best = trained.model
     t = evaluate.choose_threshold(SPEC, "cost", 0.5, va.churn, evaluate.predictions(SPEC, best, va[FEATURES]))["threshold"]
     before = metrics.compute_metrics(SPEC, te.churn, scores=evaluate.predictions(SPEC, best, te[FEATURES]), threshold=t)
     assert metrics.compute_metrics(SPEC, te.churn, best, te[FEATURES], threshold=t) == before
@@ -212,15 +214,16 @@ def test_train_leaderboard_shows_the_registrys_numbers(splits):
     tr, va, _ = splits
     spec = ProblemSpec(target="churn", positive_class="Yes", primary_metric="log_loss")
     est, space = train.candidates("binary", ["linear"], spec.seed)["linear"]
-    s = train.search(est, space, _preprocessor(), tr[FEATURES], tr.churn, spec, n_iter=1, cv=2)
-    assert metrics.metric_from_score("log_loss", s.best_score_) == -s.best_score_ > 0
-    _, board = train.train_candidates(spec, _preprocessor(), tr, va, FEATURES, ["linear"], n_iter=1, cv=2, progress=None)
-    assert board["cv log_loss"].iloc[0] == -s.best_score_
+    dev = pd.concat([tr, va], ignore_index=True)  # the development rows the search scores settings on
+    s = train.search(est, space, _preprocessor(), dev[FEATURES], dev.churn, spec, n_iter=1, cv=2)
+    assert metrics.metric_from_score("log_loss", s.best["score"]) == -s.best["score"] > 0
+    board = train.train_candidates(spec, _preprocessor(), tr, va, FEATURES, ["linear"], n_iter=1, cv=2, progress=None).board
+    assert board["cv log_loss"].iloc[0] == -s.best["score"]
 
 
 def _card(splits, trained, **kw):
     _, _, te = splits
-    best = trained[0]
+    best = trained.model
     scores = positive_scores(best, te[FEATURES], "Yes")
     m = metrics.compute_metrics(SPEC, te.churn, scores=scores, threshold=0.3)
     groups = {c: evaluate.group_metrics(SPEC, te, te.churn, scores, c, threshold=0.3) for c in SPEC.sensitive_features}
@@ -233,7 +236,7 @@ def test_model_card_names_the_served_model_and_says_what_monitoring_does(splits,
     assert text.startswith("# Model card: churn_model\n")
     assert "watches for drift and retrains" not in text
     assert "compares new data with the training data and raises alerts" in text and "Retraining is started by a person" in text
-    family = trained[1].family.iloc[0]
+    family = trained.board.family.iloc[0]
     text = _card(splits, trained, model_name="churn_model", family=family)
     assert text.startswith("# Model card: churn_model\n") and f"- **family**: {family}" in text
     assert "### `age`" in text and "| missing |" in text
@@ -253,7 +256,7 @@ def test_evaluate_runbook_titles_the_card_with_the_served_name():
 
 def test_gate_and_metrics_on_the_test_split(splits, trained):
     _, va, te = splits
-    best = trained[0]
+    best = trained.model
     chosen = evaluate.choose_threshold(SPEC, "cost", 0.5, va.churn, evaluate.predictions(SPEC, best, va[FEATURES]))
     m = metrics.compute_metrics(SPEC, te.churn, scores=evaluate.predictions(SPEC, best, te[FEATURES]),
                                 threshold=chosen["threshold"])
@@ -295,9 +298,9 @@ def test_train_runbook_records_every_trial_and_passes_the_cap():
 
 
 def test_leaderboard_trials_hold_each_familys_defaults_first(trained):
-    board = trained[1]
-    trials = pd.DataFrame(board.attrs["trials"])
-    assert set(trials.family) == set(board.family)
-    for fam, g in trials.groupby("family"):
+    board, trials = trained.board, trained.trials
+    assert set(trials.family) == set(board.family) == {"linear", "tree", "ensemble"}
+    for fam, g in trials[trials.family != "ensemble"].groupby("family"):
         assert g.defaults.iloc[0] and g.trial.iloc[0] == 0 and len(g) == 2  # n_iter=1: the defaults plus one
-        assert g["cv roc_auc"].max() == board.set_index("family").loc[fam, "cv roc_auc"]
+        chosen = board.set_index("family").loc[fam]  # one of its trials: the defaults unless one is clearly better
+        assert g[g["cv roc_auc"] == chosen["cv roc_auc"]].params.iloc[0] == chosen["best params"]
