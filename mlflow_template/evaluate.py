@@ -261,7 +261,7 @@ def importance_table(
     out.attrs.update(metric=spec.primary_metric, rows=len(X), n_repeats=n_repeats)
     return out
 
-# %% ../nbs/06_evaluate.ipynb #6d2ccd3d
+# %% ../nbs/06_evaluate.ipynb #db196b7f
 _OPTION_RULES = (  # the settings of the evaluate runbook
     (("threshold_strategy",), _check_threshold_strategy),                            # choose_threshold
     (("fixed_threshold",), _check_fixed_threshold),                                  # choose_threshold (fixed)
@@ -273,8 +273,9 @@ _OPTION_RULES = (  # the settings of the evaluate runbook
 def check_options(
     **params,  # evaluate settings by name (others are ignored)
 ) -> list[str]:
-    "One message `evaluate.key: ...` per evaluate option that is not valid, naming its value and what is allowed"
-    return option_problems("evaluate", _OPTION_RULES, params)
+    "One message `evaluate.key: ...` per evaluate option that is not valid (the scenarios' too), naming its value and what is allowed"
+    from mlflow_template.scenarios import check_options as scenario_problems  # scenarios sits after evaluate
+    return option_problems("evaluate", _OPTION_RULES, params) + scenario_problems(**params)
 
 # %% ../nbs/06_evaluate.ipynb #0503faa1
 def _check_text(c: dict) -> str:
