@@ -84,7 +84,7 @@ def test_promotion_policy(passed, better, require, promote):
 def test_promote_saves_only_a_passing_better_model(tmp_path, store, data):
     model = fit(data.iloc[:1200])
     first = deploy.promote(make_run(tmp_path / "r1", model, data), NAME)
-    assert first["promoted"] and first["tag"].startswith(f"{NAME}:") and set(first) == {"promoted", "tag", "reason", "champion"}
+    assert first["promoted"] and first["tag"].startswith(f"{NAME}:") and set(first) == {"promoted", "tag", "reason", "champion", "fitted_on"}
     tie = deploy.promote(make_run(tmp_path / "r2", model, data), NAME)
     assert (tie["promoted"], tie["tag"]) == (False, None) and "not better than the champion" in tie["reason"]
     failed = deploy.promote(make_run(tmp_path / "r3", model, data, passed=False), NAME, require_improvement=False)
@@ -123,11 +123,13 @@ def test_monitor_watches_the_served_champion_not_this_runs_model(tmp_path, store
     def pred_drift(m):
         scores = lambda df: predict_table(m, df[FEATURES], "binary", "Yes").probability
         return monitor.prediction_drift(scores(monitor.reference_data(run)), scores(check.accepted))
-    assert check.prediction == pred_drift(champion)
+    in_store = deploy.load_model(NAME)[0]  # the champion as served: refitted on every row of its run at promotion
+    assert served["fitted_on"]["refitted"]
+    assert check.prediction == pred_drift(in_store)
     assert check.prediction != pred_drift(weak)
     current = check.performance.set_index("data").loc["current", "roc_auc"]
     accepted = check.accepted
-    assert current == pytest.approx(compute_metrics(SPEC, accepted.churn, champion, accepted[FEATURES])["roc_auc"])
+    assert current == pytest.approx(compute_metrics(SPEC, accepted.churn, in_store, accepted[FEATURES])["roc_auc"])
 
 
 def test_monitor_falls_back_to_this_runs_model_and_says_so(tmp_path, store, data):
