@@ -9,9 +9,10 @@ For each public data set that a package ships offline (nothing is downloaded) an
 - the template, given only the target and the task: `prepare.prepare_data` on the 80% with the prepare runbook's
   options (its parameters cell, overlaid with settings.ini's [prepare] values, except `ratios`, which names the
   default data's columns), then `train.train_candidates` with the train runbook's options from settings.ini
-  (families, strategy, n_iter, cv_folds, n_jobs), in this process, as the runbooks call them. The template splits the
-  80% into its own train/valid/test; the model it serves is the one `train_candidates` returns, and it never sees the
-  held-out 20%.
+  (families, strategy, n_iter, cv_folds, n_jobs, timeout, search_rows), then `train.refit_all_rows` with the deploy
+  runbook's `refit_max_rows`, in this process, as the runbooks call them. The template splits the 80% into its own
+  train/valid/test, searches and selects on train + valid by cross-validation, and the model it would serve is the
+  refitted one (the gate, which needs the scope's thresholds, is not applied here); it never sees the held-out 20%.
 
 Every score is `metrics.compute_metrics` on the held-out 20% with the task's primary metric (binary: roc_auc,
 multiclass: f1_macro, regression: rmse), so the numbers mean what the template's reports mean. Class labels are
@@ -49,7 +50,7 @@ from mlflow_template.metrics import LOWER_IS_BETTER, compute_metrics  # noqa: E4
 from mlflow_template.prepare import prepare_data  # noqa: E402
 from mlflow_template.scope import ProblemSpec  # noqa: E402
 from mlflow_template.settings import load_parameters  # noqa: E402
-from mlflow_template.train import train_candidates  # noqa: E402
+from mlflow_template.train import refit_all_rows, train_candidates  # noqa: E402
 
 DATA_SPECIFIC = ("ratios",)  # prepare options in settings.ini that name the default data's columns
 
@@ -122,23 +123,26 @@ def baseline(X: pd.DataFrame, task: str, kind: str) -> Pipeline:
 
 # ---- the template, in process ---------------------------------------------------------------------------------------
 def template_options() -> tuple[dict, dict]:
-    "The prepare and train options a default run uses: runbook defaults overlaid with settings.ini (data-specific ones reset)"
+    "The prepare and train (+ refit) options a default run uses: runbook defaults overlaid with settings.ini (data-specific ones reset)"
     params = load_parameters()
     prep = {k: v for k, v in params["prepare"].items() if k != "run_dir"}
     for k in DATA_SPECIFIC:
         if k in prep: prep[k] = {}
     t = params["train"]
     train = {"families": t["families"], "strategy": t["strategy"], "n_iter": t["n_iter"], "cv": t["cv_folds"],
-             "n_jobs": t["n_jobs"]}
+             "n_jobs": t["n_jobs"], "timeout": t["timeout"], "search_rows": t["search_rows"], "ensemble": t["ensemble"],
+             "refit_max_rows": params["deploy"]["refit_max_rows"]}
     return prep, train
 
 
 def run_template(train80: pd.DataFrame, spec: ProblemSpec, prep_opts: dict, train_opts: dict):
-    "prepare_data then train_candidates on the 80%, as the runbooks call them; the selected model and its leaderboard"
+    "prepare_data, train_candidates, refit_all_rows on the 80%, as the runbooks call them; the model to serve and the leaderboard"
     prep = prepare_data(train80.copy(), spec, **prep_opts)
     features = prep.contract["features"]
-    best, board = train_candidates(spec, prep.preprocessor, prep.train, prep.valid, features, progress=None, **train_opts)
-    return best, board, features
+    opts = {k: v for k, v in train_opts.items() if k != "refit_max_rows"}
+    out = train_candidates(spec, prep.preprocessor, prep.train, prep.valid, features, progress=None, **opts)
+    served, _ = refit_all_rows(out.model, spec, prep.splits, features, max_rows=train_opts["refit_max_rows"])
+    return served, out.board, features
 
 
 # ---- one data set --------------------------------------------------------------------------------------------------
