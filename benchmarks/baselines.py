@@ -114,7 +114,8 @@ def baseline(X: pd.DataFrame, task: str, kind: str) -> Pipeline:
     categories = [c for c in X.columns if c not in numbers]
     prep = ColumnTransformer([("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numbers),
                               ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"),
-                                                    OneHotEncoder(handle_unknown="ignore")), categories)])
+                                                    OneHotEncoder(handle_unknown="ignore")), categories)],
+                             sparse_threshold=0)  # dense: HistGradientBoosting refuses a sparse matrix
     clf = task != "regression"
     model = {"linear": LogisticRegression() if clf else Ridge(),
              "tree": HistGradientBoostingClassifier() if clf else HistGradientBoostingRegressor()}[kind]
@@ -188,26 +189,34 @@ def _ms(xs: list) -> str:
     return f"{np.mean(xs):.4f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.4f}"
 
 
+def verdict(diffs: list) -> tuple[float, float, str]:
+    "Mean and standard error of the paired per-split differences (positive: the template is better), and what they say"
+    d = np.asarray(diffs, float)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()), se, "beats" if d.mean() > se else "loses" if d.mean() < -se else "matches"
+
+
 def table(results: list) -> str:
     head = ("| data set | rows | task | metric | linear baseline | tree baseline | template | template − best baseline "
-            "| template s/split | template picked |")
+            "(± se) | verdict | template s/split | template picked |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         lower = r["metric"] in LOWER_IS_BETTER
         n = len(r["template"])
-        if n:  # compare on the splits the template finished
-            lin, tre = np.mean(r["linear"][:n]), np.mean(r["tree"][:n])
-            best = min(lin, tre) if lower else max(lin, tre)
-            diff = (best - np.mean(r["template"])) if lower else (np.mean(r["template"]) - best)
-            d = f"{diff:+.4f}" + (f" ({diff / best:+.1%})" if lower else "")
-        else: d = "-"
+        if n:  # compare on the splits the template finished, with the baseline that is better on average, split by split
+            kind = min if lower else max
+            best_kind = kind(("linear", "tree"), key=lambda k: np.mean(r[k][:n]))
+            best = np.mean(r[best_kind][:n])
+            diff, se, says = verdict([(b - t) if lower else (t - b) for t, b in zip(r["template"], r[best_kind][:n])])
+            d = f"{diff:+.4f} ± {se:.4f}" + (f" ({diff / best:+.1%})" if lower else "") + f" | {says}"
+        else: d = "- | -"
         tmpl = _ms(r["template"]) if not r["error"] else (f"{_ms(r['template'])} (failed: see below)" if n else "failed")
         picked = ", ".join(f"{f} {r['families'].count(f)}" for f in sorted(set(r["families"]))) or "-"
         lines.append(f"| {r['data set']} | {r['rows']:,} | {r['task']} | {r['metric']}{' (lower is better)' if lower else ''} "
                      f"| {_ms(r['linear'])} | {_ms(r['tree'])} | {tmpl} | {d} "
                      f"| {np.mean(r['seconds']):.1f} | {picked} |" if n else
                      f"| {r['data set']} | {r['rows']:,} | {r['task']} | {r['metric']} | {_ms(r['linear'])} | {_ms(r['tree'])} "
-                     f"| {tmpl} | - | - | - |")
+                     f"| {tmpl} | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -231,7 +240,8 @@ def main():
         results.append(bench(name, seeds, prep_opts, train_opts, log=lambda s: print(s, flush=True)))
     print()
     print(f"Held-out 20% of each data set, mean ± sd over {len(seeds)} seeded 80/20 split(s) (seeds {args.seeds}); "
-          "template − best baseline: positive means the template is better.\n")
+          "template − best baseline: the mean of the paired per-split differences (positive means the template is better) "
+          "± its standard error; verdict: beats or loses when the mean is more than one standard error from 0, else matches.\n")
     print(table(results))
     failures = [r for r in results if r["error"]]
     if failures:

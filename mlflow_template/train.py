@@ -429,7 +429,7 @@ def train_candidates(
     return Trained(model, board, pd.concat(trials, ignore_index=True), oof,
                    {"development": len(dev), "search": len(sample), "fitted": len(dev)})
 
-# %% ../nbs/05_train.ipynb #87b7062a
+# %% ../nbs/05_train.ipynb #27dc4899
 def refit_all_rows(
     model,              # the evaluated pipeline (fitted on the development rows)
     spec: ProblemSpec,  # the target
@@ -442,6 +442,6 @@ def refit_all_rows(
     n = sum(len(p) for p in splits.values())
     if not max_rows or n > max_rows:
         why = "refit_max_rows is 0" if not max_rows else f"{n:,} rows exceed refit_max_rows {max_rows:,}"
-        return model, {"refitted": False, "splits": ["train", "valid"], "why": why}
+        return model, {"refitted": False, "splits": ["train", "valid"], "rows": n - len(splits.get("test", ())), "why": why}
     every = pd.concat([p[features + [spec.target]] for p in splits.values()], ignore_index=True)
     return clone(model).fit(every[features], every[spec.target]), {"refitted": True, "splits": list(splits), "rows": n}

@@ -100,6 +100,11 @@ def test_stages_hand_over_real_artifacts(good_run):
     assert gate["passed"] and 0.7 < metrics["roc_auc"] < 0.85
     deploy = json.loads((d / "deploy.json").read_text())
     assert deploy["promoted"] and deploy["tag"].startswith("churn_model:")
+    # issue 8: the model trained on train + valid, the served one refitted on every row after the gate, and said so
+    assert json.loads((d / "train.json").read_text())["rows"]["fitted"] == len(splits["train"]) + len(splits["valid"])
+    assert deploy["fitted_on"] == {"refitted": True, "splits": ["train", "valid", "test"], "rows": sum(map(len, splits.values()))}
+    assert "Rows the served model saw" in (d / "07_deploy.html").read_text()
+    assert len(pd.read_parquet(d / "oof.parquet")) == len(splits["train"]) + len(splits["valid"])  # the threshold's rows
     alerts = json.loads((d / "alerts.json").read_text())
     assert "monthly_charges" in {a["feature"] for a in alerts}  # the drift injected into the batch is caught
     assert "Gate: PASSED" in (d / "model_card.md").read_text()
@@ -188,4 +193,6 @@ def test_failed_or_no_better_model_never_replaces_the_served_one(project, good_r
     assert r.returncode == 0, r.stderr[-3000:]
     outcome = json.loads((project.path / r.stdout.strip().splitlines()[-1] / "deploy.json").read_text())
     assert outcome["promoted"] is False and why in outcome["reason"]
+    if why.startswith("not better"):  # the champion was refitted on these very test rows: judged by its recorded score
+        assert "against its test score recorded at its promotion" in outcome["reason"], outcome["reason"]
     assert _versions(project) == before and served.split(":")[1] in before
