@@ -25,7 +25,7 @@ TIMED = ProblemSpec(target="churn", positive_class="Yes", id_column="customer_id
 RATIOS = {"charge_per_month": ["total_charges", "tenure_months"]}
 # prepare.json's keys: other code and earlier runs read them, so they stay as they are
 REPORT_KEYS = {"rows_in", "target_missing_dropped", "target_unparsed_dropped", "label_map", "classes",
-               "exact_duplicates_dropped", "duplicate_ids_dropped", "repeated_ids", "rows_with_repeated_ids",
+               "exact_duplicates", "exact_duplicates_dropped", "exact_rule", "duplicate_ids_dropped", "repeated_ids", "rows_with_repeated_ids",
                "rows_without_id", "duplicate_keep", "rows_out", "conversions", "roles", "dropped", "missing", "leakage",
                "clipping", "engineered", "contract_checks", "preprocessor", "split", "splits"}
 
