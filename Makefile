@@ -7,12 +7,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup run test test-nbdev test-sync test-py serve monitor lab docs readme lock clean
+.PHONY: help setup run test test-nbdev test-sync test-py serve bento manifests monitor lab docs readme lock clean
 
 help:
 	@echo "make run      set up if needed, then run the whole pipeline on the default data"
 	@echo "make test     set up if needed, then every check that CI runs"
 	@echo "make serve    serve the newest promoted model with 'bentoml serve'"
+	@echo "make bento    build a bento of the newest promoted model (service, model, pinned packages; prints its tag)"
+	@echo "make manifests  write Kubernetes manifests for it under build/k8s/ (ARGS='--image ... --replicas N')"
 	@echo "make monitor  run the monitoring stage on the newest run"
 	@echo "make lab      JupyterLab on this project, at http://127.0.0.1:$${PORT:-8888}"
 	@echo "make readme   regenerate README.md from nbs/index.ipynb"
@@ -39,6 +41,13 @@ test: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/bentoml serve mlflow_template.service:ModelService --port $${PORT:-3000}
+
+# The bento packs the promoted model of the store BENTOML_HOME names (default ~/bentoml), as `make run` left it.
+bento: $(STAMP)
+	$(BIN)/mlflow-template bento $(ARGS)
+
+manifests: $(STAMP)
+	$(BIN)/mlflow-template manifests $(ARGS)
 
 monitor: $(STAMP)
 	$(BIN)/mlflow-template run --stages monitor --run-dir reports/latest $(ARGS)

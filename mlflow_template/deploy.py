@@ -26,14 +26,14 @@ __all__ = ['MODEL_FILE', 'CONTRACT_FILE', 'ROWS_FILE', 'FILES_KEY', 'MIN_FRESH_R
            'fitted_rows', 'promoted_models', 'promoted_names', 'check_store', 'served_name', 'served_threshold',
            'compare_with_champion', 'promotion_decision', 'promote', 'check_options']
 
-# %% ../nbs/07_deploy.ipynb #67880ff5
+# %% ../nbs/07_deploy.ipynb #debbe2cd
 def _container():
     from bentoml._internal.configuration.containers import BentoMLContainer  # no public API exposes the store folder
     return BentoMLContainer
 
 def store_path() -> Path:
-    "The folder of the BentoML model store this process uses (`$BENTOML_HOME/models`, default `~/bentoml/models`)"
-    return Path(_container().model_store_dir.get())
+    "The folder of the BentoML model store this process uses: a served bento's own `models/`, else `$BENTOML_HOME/models`"
+    return Path(_container().model_store.get()._path)  # `bentoml serve <bento folder>` swaps the store, not the folder setting
 
 @contextlib.contextmanager
 def use_store(

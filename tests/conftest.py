@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import psutil
@@ -78,3 +80,31 @@ def bentoml_serve(home: Path, name: str, log: Path, workdir: Path, cwd: Path = R
             return
         finally:
             stop_group(proc)
+
+
+# ---- one small real pipeline run, shared by every test module that only reads it (test_pipeline, test_package) ----
+SMALL = ["--set", "acquire.source=synthetic://churn?rows=3000&seed=42", "--set", "explore.profile_rows=1000",
+         "--set", "train.n_iter=2", "--set", "evaluate.cv_folds=2", "--set", "evaluate.importance_repeats=1",
+         "--set", "monitor.current_source=synthetic://churn?rows=1500&seed=7&shift_monthly_charges=25&concept=0.8",
+         "--set", "deploy.max_records=3"]  # a request limit set in settings travels with the model to the service
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    "A copy of the project's settings and runbooks in a temporary folder, with its own BentoML store"
+    path = copy_project(tmp_path_factory.mktemp("project"))
+    env = {**os.environ, "BENTOML_HOME": str(path / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "True"}
+    return SimpleNamespace(path=path, env=env, store=path / "bentoml_home")
+
+
+def cli(project, *args, timeout=900):
+    return subprocess.run([str(BIN / "mlflow-template"), *args], cwd=project.path, env=project.env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def good_run(project):
+    r = cli(project, "run", *SMALL)
+    assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
+    run_dir = project.path / r.stdout.strip().splitlines()[-1]
+    return SimpleNamespace(result=r, dir=run_dir, record=json.loads((run_dir / "run.json").read_text()))

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-from types import SimpleNamespace
 
 import httpx
 import nbformat
@@ -15,40 +14,13 @@ import pytest
 
 from mlflow_template.synthetic import make_churn
 
-from conftest import BIN, ROOT, bentoml_serve, copy_project
+from conftest import BIN, ROOT, SMALL, bentoml_serve, cli
 
 pytestmark = pytest.mark.slow
 
 RUNBOOKS = sorted(p.name for p in (ROOT / "nbs" / "pipeline").glob("[0-9]*.ipynb"))
-SMALL = ["--set", "acquire.source=synthetic://churn?rows=3000&seed=42", "--set", "explore.profile_rows=1000",
-         "--set", "train.n_iter=2", "--set", "evaluate.cv_folds=2", "--set", "evaluate.importance_repeats=1",
-         "--set", "monitor.current_source=synthetic://churn?rows=1500&seed=7&shift_monthly_charges=25&concept=0.8",
-         "--set", "deploy.max_records=3"]  # a request limit set in settings travels with the model to the service
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    "A copy of the project's settings and runbooks in a temporary folder, with its own BentoML store"
-    path = copy_project(tmp_path_factory.mktemp("project"))
-    env = {**__import__("os").environ, "BENTOML_HOME": str(path / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "True"}
-    return SimpleNamespace(path=path, env=env, store=path / "bentoml_home")
-
-
-def cli(project, *args, timeout=900):
-    return subprocess.run([str(BIN / "mlflow-template"), *args], cwd=project.path, env=project.env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def run_folders(project) -> set:
     return {p.name for p in (project.path / "reports").iterdir() if p.is_dir() and not p.is_symlink()}
-
-
-@pytest.fixture(scope="module")
-def good_run(project):
-    r = cli(project, "run", *SMALL)
-    assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
-    run_dir = project.path / r.stdout.strip().splitlines()[-1]
-    return SimpleNamespace(result=r, dir=run_dir, record=json.loads((run_dir / "run.json").read_text()))
 
 
 def test_run_links_eight_executed_runbooks(project, good_run):
