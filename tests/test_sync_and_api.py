@@ -105,6 +105,10 @@ PUBLIC_API = {
               'trial_table', 'with_target_transform'},
     "scenarios": {'backtest', 'check_options', 'explain_rows', 'plot_explanations', 'scenarios_record',
                   'shapley_values', 'slice_metrics', 'stress_tests', 'time_bins'},
+    "package": {'RUNTIME_ROOTS', 'bento_name', 'bento_path', 'bento_spec', 'build_bento', 'check_dockerfile', 'main',
+                'newest_bento', 'promoted_tag', 'render_manifests', 'runtime_requirements', 'write_bentofile',
+                'write_manifests'},
+    "score": {'OUTPUT_FORMATS', 'output_format', 'quarantine_path', 'read_chunks', 'score_chunk', 'score_source'},
 }
 
 
