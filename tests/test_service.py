@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -62,6 +63,8 @@ RECORDS = [{"customer_id": "c1", "tenure": 2, "charges": 95.5, "contract": "mont
 
 
 def _lines(path: Path) -> list:
+    "The log's lines once the service's background writer has flushed (it writes at least every 0.2 s)"
+    time.sleep(0.5)
     return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
 
 

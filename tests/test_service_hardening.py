@@ -75,6 +75,8 @@ def served(tmp_path_factory):
 
 
 def _lines(path: Path) -> list:
+    "The log's lines once the service's background writer has flushed (it writes at least every 0.2 s)"
+    time.sleep(0.5)
     return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
 
 

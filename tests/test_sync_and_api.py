@@ -93,8 +93,9 @@ PUBLIC_API = {
     "runfolder": {'PRODUCERS', 'RunFolder', 'open_run'},
     "runner": {'Interrupted', 'new_run_id', 'run_pipeline', 'run_status'},
     "scope": {'ProblemSpec', 'check_columns', 'objective', 'threshold_checks'},
-    "service": {'ErrorDetail', 'ErrorResponse', 'RequestGuard', 'error_body', 'log_predictions', 'make_service',
-               'openapi_document', 'predict_records', 'prediction_log_path', 'request_limits', 'request_model'},
+    "service": {'BATCH_LATENCY_MS', 'ErrorDetail', 'ErrorResponse', 'PredictionLog', 'RequestGuard', 'error_body',
+                'log_predictions', 'make_service', 'openapi_document', 'predict_records', 'prediction_log_path',
+                'request_limits', 'request_model', 'service_workers', 'surprises'},
     "settings": {'RESERVED', 'Settings', 'SettingsError', 'apply_overrides', 'check_int', 'load_parameters',
                 'option_problems', 'parse_value', 'read_settings', 'resolve', 'runbook_parameters', 'runbooks',
                 'stage_name'},
@@ -109,6 +110,7 @@ PUBLIC_API = {
                 'newest_bento', 'promoted_tag', 'render_manifests', 'runtime_requirements', 'write_bentofile',
                 'write_manifests'},
     "score": {'OUTPUT_FORMATS', 'output_format', 'quarantine_path', 'read_chunks', 'score_chunk', 'score_source'},
+    "fastpath": {'FastModel', 'compile_model'},
 }
 
 
