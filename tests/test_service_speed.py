@@ -23,6 +23,9 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from mlflow_template import deploy
+from mlflow_template.contract import records_frame
+from mlflow_template.core import plain
+from mlflow_template.labels import predict_table
 from mlflow_template.prepare import prepare_data
 from mlflow_template.scope import ProblemSpec
 from mlflow_template.fastpath import FastModel, compile_model
@@ -97,9 +100,18 @@ def test_fast_path_answers_as_the_pipeline_for_every_data_set_and_family(name):
         fast = compile_model(model, contract)
         if family.startswith("linear"): assert isinstance(fast, FastModel), f"{name}/{family}: no fast path"
         if fast is not None: used.append(family)
-        slow = predict_records(model, contract, records, "m:1", threshold=0.3 if spec.task == "binary" else None)["predictions"]
-        quick = predict_records(model, contract, records, "m:1", threshold=0.3 if spec.task == "binary" else None, fast=fast)["predictions"]
+        t = 0.3 if spec.task == "binary" else None
+        slow = predict_records(model, contract, records, "m:1", threshold=t)["predictions"]
+        quick = predict_records(model, contract, records, "m:1", threshold=t, fast=fast)["predictions"]
         assert len(quick) == len(slow) == N_RECORDS
+        expect = plain(predict_table(model, records_frame(records, contract), spec.task, contract.get("positive_class"), t).to_dict(orient="records"))
+        assert [{k: v for k, v in p.items() if k != "id"} for p in slow] == expect, f"{name}/{family}: not predict_table's answers"
+        if fast is not None:  # blocks of other sizes, record by record included: the same answers
+            for size in (1, 7, 300):
+                part = predict_records(model, contract, records[:size], "m:1", threshold=t, fast=fast)["predictions"]
+                assert [p.get("label") for p in part] == [p.get("label") for p in slow[:size]], f"{name}/{family}/{size}"
+                key = "value" if spec.task == "regression" else "probability"
+                np.testing.assert_allclose([p[key] for p in part], [p[key] for p in slow[:size]], rtol=0, atol=1e-9, err_msg=f"{name}/{family}/{size}")
         if spec.task == "regression":
             np.testing.assert_allclose([p["value"] for p in quick], [p["value"] for p in slow], rtol=0, atol=1e-9, err_msg=f"{name}/{family}")
         else:
