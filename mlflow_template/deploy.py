@@ -319,7 +319,7 @@ def promotion_decision(
     anyway = "" if versus["promote"] else " (promoted anyway: require_improvement is off)"
     return {"promote": True, "reason": f"{gate_result['reason']} {why}{anyway}."}
 
-# %% ../nbs/07_deploy.ipynb #9b278242
+# %% ../nbs/07_deploy.ipynb #28281b0d
 DEFAULT_LIMITS = {"max_request_bytes": 1_000_000, "max_records": 1_000}  # the service's request limits unless set
 
 def promote(
@@ -339,14 +339,17 @@ def promote(
     check_int(refit_max_rows, "refit_max_rows", minimum=0)
     spec, metrics = ProblemSpec.from_dict(run.read_json("spec.json")), run.read_json("metrics.json")
     contract, model = run.read_json("contract.json"), load_model_file(run.require("model.skops"))
-    splits = {n: run.read_parquet(f"{n}.parquet") for n in ("train", "valid", "test")}
-    if spec.task != "regression":
-        for part in splits.values(): part[spec.target] = class_labels(part[spec.target])
+    def split(name: str) -> pd.DataFrame:  # with class labels as text, as the contract and the service have them
+        part = run.read_parquet(f"{name}.parquet")
+        if spec.task != "regression": part[spec.target] = class_labels(part[spec.target])
+        return part
+    splits = {"test": split("test")}
     versus = compare_with_champion(model_name, spec, metrics["test"], splits["test"], min_improvement=min_improvement,
                                    challenger=model, threshold=metrics.get("threshold"))
     decision = promotion_decision(run.read_json("gate.json"), versus, require_improvement)
     tag, fitted_on = None, None
-    if decision["promote"]:
+    if decision["promote"]:  # the training rows are read only for a model that is promoted (refit, row hashes)
+        splits = {"train": split("train"), "valid": split("valid"), **splits}
         prov = run.read_json("provenance.json")
         served, fitted_on = refit_all_rows(model, spec, splits, contract["features"], max_rows=refit_max_rows)
         seen = pd.concat([splits[n] for n in fitted_on["splits"]], ignore_index=True)
