@@ -215,7 +215,7 @@ def openapi_document(
     route: str | tuple,  # the prediction route (or routes)
     limits: dict,  # from `request_limits`
 ) -> dict:
-    "`spec` with the statuses the prediction route really answers (400, 413, 415, 500, 504), each with the `ErrorResponse` body"
+    "`spec` with the statuses the prediction route really answers (400, 413, 415, 500, 503, 504), each with the `ErrorResponse` body"
     doc = copy.deepcopy(spec)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     err = ErrorResponse.model_json_schema(ref_template=_REF)
@@ -231,6 +231,7 @@ def openapi_document(
             (413, f"The body is over {limits['max_request_bytes']:,} bytes or holds more than {limits['max_records']:,} records"),
             (415, "The body is not JSON (Content-Type must be application/json)"),
             (500, "An unexpected error; the server log has the details"),
+            (503, "Overloaded: a /predict_batch request still queued after max_latency_ms is shed; retry after Retry-After seconds"),
             (504, "The request was not answered within the service's time limit (BentoML's traffic timeout)"))}}
     doc.setdefault("info", {})["description"] = ((doc["info"].get("description") or "").strip() +
         "\n\nAny path not listed here answers 404 with the same error body.").strip()
@@ -264,11 +265,12 @@ def _metrics_text() -> bytes:
     multiprocess.MultiProcessCollector(registry)
     return pc.generate_latest(registry)
 
-async def _answer(send, status: int, body, media: str = "application/json") -> None:
-    "Send a whole response: `body` as JSON (or bytes as they are)"
+async def _answer(send, status: int, body, media: str = "application/json", retry_after: int | None = None) -> None:
+    "Send a whole response: `body` as JSON (or bytes as they are), with a Retry-After header (seconds) when given"
     data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", media.encode()), (b"content-length", str(len(data)).encode())]})
+    headers = [(b"content-type", media.encode()), (b"content-length", str(len(data)).encode())]
+    if retry_after is not None: headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 class RequestGuard:
@@ -338,7 +340,15 @@ class RequestGuard:
             if replayed: return await receive()
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await self.app(scope, replay, send)
+        shed = False
+        async def answering(message):  # BentoML's batcher sheds a request it cannot serve in time with a bare 503
+            nonlocal shed
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                shed = True
+                return await _answer(send, 503, error_body("the service is overloaded: the request waited too long for its batch; retry later",
+                                                          ("body",), "overloaded"), retry_after=1)
+            if not shed: await send(message)
+        await self.app(scope, replay, answering)
 
 # %% ../nbs/07_service.ipynb #5d8e0798
 def surprises(
@@ -368,7 +378,7 @@ def _count_surprises(records: list, contract: dict) -> None:
         else: m["out_of_range"].labels(feature, what).inc(n)
 
 # %% ../nbs/07_service.ipynb #f17f53ea
-BATCH_LATENCY_MS = 20  # /predict_batch: the longest a request waits for others to share its batch (BentoML's max_latency_ms)
+BATCH_LATENCY_MS = 1000  # /predict_batch: BentoML's max_latency_ms, the deadline after which a queued request is shed with a 503; the batcher's own wait adapts to the measured scoring time (a tight deadline sheds requests while it warms up)
 
 def make_service(
     name: str | None = None,  # the served model name (default: `deploy.served_name()`)

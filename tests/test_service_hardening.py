@@ -174,10 +174,10 @@ def test_unknown_paths_are_404_and_add_no_metric_series(served):
 def test_openapi_declares_the_statuses_and_bodies_it_answers(served):
     doc = httpx.get(f"{served.url}/docs.json", timeout=10).json()
     responses = doc["paths"]["/predict"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "413", "415", "500", "504"}
+    assert set(responses) == {"200", "400", "413", "415", "500", "503", "504"}
     err = doc["components"]["schemas"]["ErrorResponse"]
     assert err["properties"]["detail"]["type"] == "array"
-    for code in ("400", "413", "415", "500", "504"):
+    for code in ("400", "413", "415", "500", "503", "504"):
         assert responses[code]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
 
 
