@@ -19,7 +19,8 @@ __all__ = ['RUNTIME_ROOTS', 'runtime_requirements', 'bento_name', 'bento_spec', 
            'bento_path', 'check_dockerfile', 'render_manifests', 'write_manifests', 'newest_bento', 'main']
 
 # %% ../nbs/07_package.ipynb #9cf419b6
-RUNTIME_ROOTS = ("bentoml", "scikit-learn", "skops", "pandas", "numpy", "scipy", "pyarrow", "pydantic")  # what the service imports
+RUNTIME_ROOTS = ("bentoml", "scikit-learn", "skops", "pandas", "numpy", "scipy", "pyarrow", "pydantic",  # what the service imports
+                 "httptools", "uvloop")  # and what uvicorn uses when installed: its fast HTTP parser and event loop
 
 def _closure(roots) -> set:
     "Canonical names of `roots` and every distribution they require (installed metadata, markers evaluated, no extras)"
