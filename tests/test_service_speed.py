@@ -7,6 +7,7 @@ schema hands them to the service. The others serve a real model with `bentoml se
 """
 from __future__ import annotations
 
+import json
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +16,11 @@ from types import SimpleNamespace
 
 import httpx
 import numpy as np
+import pydantic
 import pandas as pd
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 from sklearn import datasets
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
@@ -29,7 +32,7 @@ from mlflow_template.labels import predict_table
 from mlflow_template.prepare import prepare_data
 from mlflow_template.scope import ProblemSpec
 from mlflow_template.fastpath import FastModel, compile_model
-from mlflow_template.service import predict_records, request_model, surprises
+from mlflow_template.service import predict_records, request_dicts, request_model, surprises
 from mlflow_template.synthetic import make_churn
 from mlflow_template.train import candidates, ensemble_of, with_target_transform
 
@@ -122,6 +125,54 @@ def test_fast_path_answers_as_the_pipeline_for_every_data_set_and_family(name):
     print(name, "fast path for:", used)
 
 
+# ---- the fast route's validator accepts exactly what the request model accepts ----
+
+_ODD_CONTRACT = {  # every kind, required and nullable, names that are not identifiers or clash with BaseModel, an id column
+    "features": ["tenure", "monthly charges", "json", "contract", "paperless", "when", "since"], "id_column": "customer_id",
+    "columns": {"tenure": {"kind": "numeric", "nullable": False}, "monthly charges": {"kind": "numeric"},
+                "json": {"kind": "categorical"}, "contract": {"kind": "categorical", "nullable": False, "categories": ["m", "y"]},
+                "paperless": {"kind": "boolean"}, "when": {"kind": "datetime"}, "since": {"kind": "datetime", "nullable": False}}}
+_KEYS = [*_ODD_CONTRACT["features"], "customer_id", "extra", "monthly_charges", "field_1"]
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**300, max_value=10**400),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+    st.sampled_from(["3", "-2.5", "1e309", "Infinity", "NaN", "true", "no", "0", "2024-01-02", "2024-01-02T03:04:05+05:30",
+                     "1677-01-01", "2262-01-01T00:00:00", "2261-12-31T23:00:00-00:30", "0001-01-01", "12:30", "1700000000"]),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+_RECORD = st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=len(_KEYS)) | st.fixed_dictionaries(
+    {"tenure": st.floats(-1e6, 1e6) | st.integers(), "contract": st.text(max_size=4), "since": st.sampled_from(["2024-05-06", "2030-01-01T10:00:00"])},
+    optional={k: _VALUES for k in _KEYS if k not in ("tenure", "contract", "since")})
+_BODY = st.one_of(st.fixed_dictionaries({"records": st.lists(_RECORD, max_size=4)}, optional={"other": _VALUES}),
+                  st.lists(_RECORD, max_size=2), _VALUES)
+
+
+def _model_route(Request, raw: bytes):
+    "What BentoML's /predict hands the service: the records as the request model validates and dumps them, or 'refused'"
+    try: return [r.model_dump(by_alias=True) for r in Request.model_validate_json(raw or b"{}").records]
+    except pydantic.ValidationError: return "refused"
+
+
+_ODD_REQUEST = pydantic.create_model("PredictRequest", records=(list[request_model(_ODD_CONTRACT)], pydantic.Field(..., min_length=1)))
+_ODD_DICTS = request_dicts(_ODD_CONTRACT)
+
+
+@hyp_settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_BODY, nan=st.booleans())
+def test_the_fast_routes_validator_accepts_and_reads_what_the_request_model_does(body, nan):
+    Request, quick = _ODD_REQUEST, _ODD_DICTS
+    raw = json.dumps(body, allow_nan=True).encode() if nan else json.dumps(body, default=str).encode()
+    try: mine = quick.validate_json(raw or b"{}")["records"]
+    except pydantic.ValidationError: mine = "refused"
+    assert mine == _model_route(Request, raw), raw[:300]
+
+
+def test_the_fast_routes_validator_caps_the_records():
+    quick, rec = request_dicts(_ODD_CONTRACT, max_records=3), {"tenure": 1, "contract": "m", "since": "2024-01-01"}
+    assert len(quick.validate_python({"records": [rec] * 3})["records"]) == 3
+    with pytest.raises(pydantic.ValidationError): quick.validate_python({"records": [rec] * 4})
+    with pytest.raises(pydantic.ValidationError): quick.validate_python({"records": []})
+
+
 # ---- over HTTP ----
 
 NAME = "speed_model"
@@ -173,6 +224,8 @@ def test_batch_endpoint_answers_as_predict_and_counts_surprises(churn_model, tmp
         bad = httpx.post(f"{url}/predict_batch", json={"records": [{"tenure_months": "x"}]}, timeout=30)
         assert bad.status_code == 400 and bad.json()["detail"][0]["loc"][:2] == ["records", 0]
         assert httpx.post(f"{url}/predict_batch", content=b"a=b", headers={"content-type": "text/csv"}).status_code == 415
+        many = httpx.post(f"{url}/predict_batch", json={"records": churn_model.records * 3}, timeout=30)  # 1,200: over the limit
+        assert many.status_code == 413 and many.json()["error"] == "1,200 records is over the limit of 1,000"
         metrics = httpx.get(f"{url}/metrics").text
     assert 'mlflow_template_unseen_category_total{feature="contract"} 2.0' in metrics
     above = 2 * surprises(_typed(recs + [odd]), churn_model.contract)[("tenure_months", "above")]  # the jittered records too
