@@ -32,8 +32,8 @@ from _common import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mlflow_template.scope import ProblemSpec  # noqa: E402
-from mlflow_template.settings import load_parameters  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import default_prepared  # noqa: E402  (the default settings' problem and data, prepared)
 from mlflow_template.synthetic import make_churn  # noqa: E402
 
 BAD_EVERY = 10_007  # one planted bad row per this many rows
@@ -46,12 +46,7 @@ def promote_model(home: Path) -> str:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from mlflow_template.deploy import save_model, use_store
-    from mlflow_template.prepare import prepare_data
-    params = load_parameters()
-    sc = params["scope"]
-    spec = ProblemSpec(target=sc["target"], task=sc["task"], positive_class=sc["positive_class"], id_column=sc["id_column"],
-                       seed=sc["seed"], primary_metric=sc["primary_metric"])
-    prep = prepare_data(make_churn(20_000, seed=42), spec, **{k: v for k, v in params["prepare"].items() if k != "run_dir"})
+    spec, prep = default_prepared()
     feats = prep.contract["features"]
     model = Pipeline([("prep", clone(prep.preprocessor)), ("model", LogisticRegression(max_iter=1000))])
     model.fit(prep.train[feats], prep.train[spec.target])

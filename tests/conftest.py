@@ -30,6 +30,19 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def default_prepared(rows: int = 20_000, seed: int = 42) -> tuple:
+    "(spec, Prepared): the default settings' problem and `make_churn` data as `synthetic://churn` gives it, prepared as the prepare stage does"
+    from mlflow_template.prepare import prepare_data
+    from mlflow_template.scope import ProblemSpec
+    from mlflow_template.settings import load_parameters
+    from mlflow_template.synthetic import make_churn
+    params = load_parameters()
+    sc = params["scope"]
+    spec = ProblemSpec(target=sc["target"], task=sc["task"], positive_class=sc["positive_class"], id_column=sc["id_column"],
+                       seed=sc["seed"], primary_metric=sc["primary_metric"])
+    return spec, prepare_data(make_churn(rows, seed=seed), spec, **{k: v for k, v in params["prepare"].items() if k != "run_dir"})
+
+
 def free_port() -> int:
     "A TCP port the OS says is free right now"
     with socket.socket() as s:

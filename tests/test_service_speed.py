@@ -32,7 +32,8 @@ from mlflow_template.labels import predict_table
 from mlflow_template.prepare import prepare_data
 from mlflow_template.scope import ProblemSpec
 from mlflow_template.fastpath import FastModel, compile_model
-from mlflow_template.service import predict_records, request_dicts, request_model, surprises
+from mlflow_template.guard import surprises
+from mlflow_template.service import predict_records, request_dicts, request_model
 from mlflow_template.synthetic import make_churn
 from mlflow_template.train import candidates, ensemble_of, with_target_transform
 

@@ -157,7 +157,7 @@ def test_monitor_keeps_quarantined_rows_with_their_reasons(tmp_path, data):
     assert kept.tenure_months[0] == "long"
     drift = run.read_json("drift.json")
     assert (drift["rows"], drift["accepted"], drift["quarantined"]) == (800, 797, 3)
-    assert set(drift) == {"source", "model", "rows", "accepted", "quarantined", "features", "prediction", "performance"}
+    assert set(drift) == {"source", "model", "rows", "accepted", "quarantined", "features", "prediction", "performance", "concept"}
     assert "monthly_charges" in {a["feature"] for a in run.read_json("alerts.json")}  # the injected drift is caught
 
 
