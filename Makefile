@@ -50,7 +50,7 @@ manifests: $(STAMP)
 	$(BIN)/mlflow-template manifests $(ARGS)
 
 monitor: $(STAMP)
-	$(BIN)/mlflow-template run --stages monitor --run-dir reports/latest $(ARGS)
+	$(BIN)/mlflow-template monitor $(ARGS)
 
 # Local only (127.0.0.1), no browser (containers and remote shells have none), on $PORT (default 8888);
 # jupyter refuses to run as root (containers, CI) unless told --allow-root.

@@ -12,7 +12,7 @@ import pandas as pd
 from .acquire import env_secrets, expand_env, flatten_nested, records_of, redact, scrub
 
 # %% auto #0
-__all__ = ['PAGING', 'read_api']
+__all__ = ['PAGING', 'retrying_session', 'quiet_log', 'read_api']
 
 # %% ../nbs/02_acquire_api.ipynb #356d7bf2
 PAGING = ("next", "page", "offset", "none")
@@ -44,7 +44,7 @@ def _next_request(
     key = page_param or paging
     return url, {**params, key: params[key] + (1 if paging == "page" else n)}
 
-# %% ../nbs/02_acquire_api.ipynb #4db121d1
+# %% ../nbs/02_acquire_api.ipynb #0094442f
 def _env_headers(auth_env: str = "", headers_env: dict = None) -> tuple:
     "HTTP headers whose values come from environment variables, and those values (to scrub from messages)"
     headers, secrets = {}, []
@@ -58,21 +58,26 @@ def _env_headers(auth_env: str = "", headers_env: dict = None) -> tuple:
         headers[header] = f"Bearer {value}" if setting == "auth_env" and " " not in value else value
     return headers, secrets
 
-def _session(retries: int, backoff: float, headers: dict):
-    "A requests Session that retries GETs on 429/5xx, timeouts and connection errors with exponential backoff"
+def retrying_session(
+    retries: int,            # retries after the first try
+    backoff: float,          # exponential backoff factor between tries, in seconds (Retry-After wins when sent)
+    headers: dict | None = None,  # headers of every request
+    methods: tuple = ("GET",),    # the methods retried (POST only where a repeat does no harm, e.g. an alert)
+):
+    "A requests Session that retries on 429/5xx, timeouts and connection errors with exponential backoff"
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
     retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                  status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
+                  status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset(methods),
                   respect_retry_after_header=True, raise_on_status=False)
     s = requests.Session()
-    s.headers.update(headers)
+    s.headers.update(headers or {})
     for prefix in ("http://", "https://"): s.mount(prefix, HTTPAdapter(max_retries=retry))
     return s
 
 @contextlib.contextmanager
-def _quiet(name: str = "urllib3"):
+def quiet_log(name: str = "urllib3"):
     "Silence a library's log records while a block runs (urllib3 logs the URL of each retry, query and all)"
     log = logging.getLogger(name)
     level = log.level
@@ -80,7 +85,7 @@ def _quiet(name: str = "urllib3"):
     try: yield
     finally: log.setLevel(level)
 
-# %% ../nbs/02_acquire_api.ipynb #aa5aa1e6
+# %% ../nbs/02_acquire_api.ipynb #d90bfa7a
 def _tries(n: int) -> str: return f"{n} {'try' if n == 1 else 'tries'}"
 
 def _get_json(session, url: str, params: dict, timeout: float, retries: int, secrets: list):
@@ -132,7 +137,7 @@ def read_api(
               **({page_param or paging: 1 if paging == "page" else 0} if paging in ("page", "offset") else {})}
     records, pages, seen, bar = [], 0, set(), None
     try:
-        with _session(retries, backoff, headers) as session, _quiet():
+        with retrying_session(retries, backoff, headers) as session, quiet_log():
             while True:
                 body, links, got = _get_json(session, url, params, timeout, retries, secrets)
                 page = records_of(body, records_key)

@@ -71,7 +71,7 @@ def check_sync(
         problems.append("README.md: not what nbs/index.ipynb renders to: run `make readme` and commit it")
     return problems
 
-# %% ../nbs/09_cli.ipynb #4dce7c45
+# %% ../nbs/09_cli.ipynb #a53254a9
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlflow-template", description="Run and check the notebook-first ML pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="override one setting for this run; repeatable")
     r.add_argument("--stages", default=None, help="comma-separated stages to run, e.g. train,evaluate (default: all)")
     r.add_argument("--run-dir", default=None, help="run into this folder (e.g. reports/latest to rerun monitoring)")
+    m = sub.add_parser("monitor", help="check current data with the served model (the monitor stage, into a run folder); "
+                                       "exit 0: no alert, 1: alerts fired, 2: the check could not run")
+    m.add_argument("--settings", default=None, help="settings file (default: settings.ini at the project root)")
+    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. monitor.current_source=data/logs/*.jsonl; repeatable")
+    m.add_argument("--run-dir", default="reports/latest", help="the run whose reference and model to check against "
+                                                               "(default: reports/latest)")
     sub.add_parser("check-sync", help="fail when notebooks, package and README are out of sync")
     sub.add_parser("readme", help="render README.md from nbs/index.ipynb")
     st = sub.add_parser("store", help="inspect the BentoML model store ($BENTOML_HOME/models)")
@@ -102,6 +109,28 @@ def _parser() -> argparse.ArgumentParser:
                        ("manifests", "write Kubernetes manifests for the promoted model's image (see `manifests --help`)")):
         sub.add_parser(name, help=what, add_help=False)  # `package.main` parses their options (main passes them on)
     return p
+
+def _monitor(
+    args: argparse.Namespace,  # the `monitor` command's arguments
+) -> int:
+    "Run the monitor stage into the run folder and print its alerts: 0 when none fired, 1 when some did, 2 when it could not run"
+    import json
+    from mlflow_template.runner import run_pipeline
+    run_dir = Path(args.run_dir) if Path(args.run_dir).is_absolute() else project_root() / args.run_dir
+    if not (run_dir / "spec.json").is_file():
+        print(f"error: {args.run_dir} is not a pipeline run (no spec.json): run `make run` first, or pass --run-dir", file=sys.stderr)
+        return 2
+    record = run_pipeline(args.settings, args.overrides, ["monitor"], run_dir, link_latest=False)
+    run_dir = Path(record["run_dir"])
+    if record["status"] != "ok":
+        why = next((e.get("error") for e in record["stages"] if e.get("error")), None) or record["status"]
+        print(f"error: the monitor stage did not finish: {why}; see {run_dir / '08_monitor.html'}", file=sys.stderr)
+        return 2
+    alerts = json.loads((run_dir / "alerts.json").read_text(encoding="utf-8"))
+    for a in alerts: print(f"{a['level']}: {a['message']}")
+    print(f"{len(alerts)} alert(s) fired; report: {run_dir / '08_monitor.html'}" if alerts else
+          f"no alerts; report: {run_dir / '08_monitor.html'}")
+    return 1 if alerts else 0
 
 def _score(
     args: argparse.Namespace,  # the `score` command's arguments
@@ -157,6 +186,7 @@ def main(
             print("README.md written from nbs/index.ipynb")
             return 0
         if args.command == "store" and args.store_command == "check": return _store_check(args.fix)
+        if args.command == "monitor": return _monitor(args)
         if args.command == "score": return _score(args)
         if args.command in ("bento", "manifests"):
             from mlflow_template.package import main as package_main

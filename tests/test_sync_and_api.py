@@ -48,7 +48,7 @@ PUBLIC_API = {
     "acquire": {'FORMATS', 'FORMAT_OPTIONS', 'OPTIONS', 'SQL_DIALECTS', 'acquire', 'check_acquired',
                'check_options', 'env_secrets', 'expand_env', 'flatten_nested', 'load_source', 'records_of',
                'redact', 'scrub', 'snapshot', 'source_format'},
-    "acquire_api": {'PAGING', 'read_api'},
+    "acquire_api": {'PAGING', 'quiet_log', 'read_api', 'retrying_session'},
     "acquire_files": {'PROGRESS_BYTES', 'read_files'},
     "acquire_sql": {'read_sql'},
     "card": {'model_card'},
@@ -113,6 +113,7 @@ PUBLIC_API = {
     "score": {'OUTPUT_FORMATS', 'output_format', 'quarantine_path', 'read_chunks', 'score_chunk', 'score_source'},
     "fastpath": {'FastModel', 'compile_model'},
     "concept": {'concept_drift', 'labelled_performance', 'scored_rows'},
+    "alerting": {'check_env_name', 'send_alerts'},
 }
 
 

@@ -1,0 +1,68 @@
+"""`mlflow-template monitor` on a real run: exit codes, the alerts it prints, and the webhook that receives them.
+
+A copy of the shared small run (its served model is in the project's store) is checked three times through the
+command, as cron or CI would call it: a drifted, labelled batch (exit 1; a local webhook answers 500 once, then
+receives the alerts on the retry), an unchanged batch (exit 0, nothing sent), and a source that cannot be read
+(exit 2, the reason on stderr).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import cli
+
+
+class _Hook(BaseHTTPRequestHandler):
+    "A local webhook: answers 500 to the first post, 200 to the others, and keeps what it received"
+    received: list = []
+
+    def do_POST(self):
+        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(500 if len(_Hook.received) == 1 else 200)
+        self.end_headers()
+
+    def log_message(self, *args): pass
+
+
+@pytest.fixture
+def hook():
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received = []
+    yield f"http://127.0.0.1:{server.server_port}/alerts?token=not-in-any-report", _Hook.received
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow
+def test_monitor_command_exit_codes_and_webhook(project, good_run, tmp_path, hook):
+    url, received = hook
+    run = tmp_path / good_run.dir.name  # the same name: the served model was promoted (and refitted) by this run
+    shutil.copytree(good_run.dir, run, symlinks=True)
+    env = {**project.env, "ALERTS_HOOK": url}
+    monitor = lambda *sets: cli(SimpleNamespace(path=project.path, env=env), "monitor", "--run-dir", str(run),
+                                "--set", "monitor.webhook_env=ALERTS_HOOK", *[a for s in sets for a in ("--set", s)])
+
+    drifted = monitor()  # the small run's batch: monthly_charges shifted, labels drawn with concept=0.8
+    assert drifted.returncode == 1, drifted.stderr[-2000:]
+    assert "monthly_charges" in drifted.stdout and "alert(s) fired" in drifted.stdout
+    assert len(received) == 2  # the first post answered 500, the retry delivered
+    body = received[-1]
+    assert body["run"] == run.name and body["model"].startswith("churn_model:")
+    kinds = {a["kind"]: a for a in body["alerts"]}
+    assert kinds["feature_drift"]["feature"] == "monthly_charges" and "concept_drift" in kinds
+    report = (run / "08_monitor.html").read_text()
+    assert "delivered by ALERTS_HOOK: HTTP 200" in report and "not-in-any-report" not in report
+
+    quiet = monitor("monitor.current_source=synthetic://churn?rows=1500&seed=8")  # the training distribution
+    assert quiet.returncode == 0, quiet.stdout[-2000:] + quiet.stderr[-2000:]
+    assert "no alerts" in quiet.stdout and len(received) == 2  # nothing sent
+
+    broken = monitor(f"monitor.current_source={tmp_path / 'no_such_batch.csv'}")
+    assert broken.returncode == 2 and "no_such_batch.csv" in broken.stderr, broken.stderr[-2000:]
