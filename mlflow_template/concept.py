@@ -38,7 +38,7 @@ def labelled_performance(
                      spec.primary_metric: value})
     return pd.DataFrame(rows, columns=["data", "labelled rows", "labelled (share of rows)", spec.primary_metric])
 
-# %% ../nbs/08_concept.ipynb #bb7cdc8f
+# %% ../nbs/08_concept.ipynb #1011e936
 def scored_rows(
     model,              # a fitted classifier or regressor
     spec: ProblemSpec,  # the target and task
@@ -69,6 +69,7 @@ def concept_drift(
     threshold: float | None = None,  # binary: the deployed decision threshold (None: 0.5)
     alpha: float = 0.01, # one-sided significance level of a drop
     n_boot: int = 200,   # bootstrap resamples per side
+    boot_rows: int = 20_000,  # a side with more rows is resampled this many rows at a time, its spread scaled by sqrt(m / n)
     min_rows: int = 100, # fewer labelled rows on either side: no verdict
     seed: int = 0,       # seed of the resamples
 ) -> dict | None:
@@ -82,8 +83,10 @@ def concept_drift(
     ref, cur = value(yr, sr), value(yc, sc)
     if ref is None or cur is None: return None  # e.g. one class only: ROC-AUC undefined
     rng = np.random.default_rng(seed)
-    boot = lambda y, s: np.nanstd(metric_on_resamples(spec, metric, y, s, rng.integers(0, len(y), size=(n_boot, len(y))),
-                                                      classes=classes, threshold=threshold), ddof=1)
+    def boot(y, s):  # the standard error of the metric on all of the side's rows
+        m = min(len(y), boot_rows)
+        idx = rng.integers(0, len(y), size=(n_boot, m))
+        return np.sqrt(m / len(y)) * np.nanstd(metric_on_resamples(spec, metric, y, s, idx, classes=classes, threshold=threshold), ddof=1)
     se = float(np.hypot(boot(yr, sr), boot(yc, sc)))
     diff, z = cur - ref, stats.norm.ppf(1 - alpha)
     p = float(stats.norm.cdf(sign * diff / se)) if se > 0 else float(sign * diff < 0)  # small when the current is worse
