@@ -102,10 +102,13 @@ def test_promoted_model_answers_over_http(project, good_run, tmp_path):
     assert len(log.read_text().splitlines()) == 3
     # the monitoring stage reads the service's own prediction log back as current data
     r = cli(project, "run", "--stages", "monitor", "--run-dir", str(good_run.dir), "--set", f"monitor.current_source={log}",
-            "--set", 'monitor.current_options={"flatten": True}')
+            "--set", 'monitor.current_options={"flatten": True}', "--set", "monitor.max_p99_ms=0.001")  # any request is slow
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     drift = json.loads((good_run.dir / "drift.json").read_text())
     assert (drift["rows"], drift["accepted"], drift["quarantined"]) == (3, 3, 0)
+    latency = [a for a in json.loads((good_run.dir / "alerts.json").read_text()) if a["kind"] == "latency"]
+    assert len(latency) == 1 and "(1 request, 3 records)" in latency[0]["message"], latency
+    assert "request latency percentiles in milliseconds" in (good_run.dir / "08_monitor.html").read_text()
 
 
 def test_unknown_setting_is_named_and_nothing_runs(project):

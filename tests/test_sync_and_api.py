@@ -114,6 +114,7 @@ PUBLIC_API = {
     "fastpath": {'FastModel', 'compile_model'},
     "concept": {'concept_drift', 'labelled_performance', 'scored_rows'},
     "alerting": {'check_env_name', 'send_alerts'},
+    "traffic": {'check_traffic', 'is_prediction_log', 'latency_alerts', 'plot_latency', 'traffic_windows'},
 }
 
 
