@@ -207,7 +207,7 @@ def compile_model(
     except (_Unsupported, ValueError, TypeError, KeyError): return None
     return fast if same else None
 
-# %% ../nbs/07_fastpath.ipynb #03010f12
+# %% ../nbs/07_fastpath.ipynb #3cf465c4
 def _plain_floats(a: np.ndarray) -> list:
     "An array as plain floats, non-finite ones as None (as `core.plain`)"
     return a.tolist() if np.isfinite(a).all() else [plain(v) for v in a.tolist()]
@@ -231,12 +231,15 @@ def _prediction_columns(
         labels, p = classes[best], proba[np.arange(len(best)), best]
     return {"label": [plain(l) for l in labels.tolist()], "probability": _plain_floats(p)}
 
-def _prediction_rows(model, X, task: str, positive_class=None, threshold: float | None = None) -> list:
-    "`plain(labels.predict_table(...).to_dict(orient='records'))`: `_prediction_columns` as rows [{'label', 'probability'}] or [{'value'}]"
-    cols = _prediction_columns(model, X, task, positive_class, threshold)
-    return [dict(zip(cols, t)) for t in zip(*cols.values())]
+def _answer_rows(
+    answers: dict,            # the answers as columns (`_prediction_columns`)
+    ids: list | None = None,  # each record's id: rows start with 'id' (None: no id key)
+) -> list:
+    "The answer columns as one dict per record: [{'id', 'label', 'probability'}] or [{'id', 'value'}] (without 'id' when `ids` is None)"
+    if ids is None: return [dict(zip(answers, t)) for t in zip(*answers.values())]
+    return [dict(zip(("id", *answers), t)) for t in zip(ids, *answers.values())]
 
-# %% ../nbs/07_fastpath.ipynb #bef47628
+# %% ../nbs/07_fastpath.ipynb #716dafb3
 _ESC = json.encoder.encode_basestring_ascii  # how `json.dumps` writes text
 _TOKEN = {type(None): lambda v: "null", bool: lambda v: "true" if v else "false", int: int.__repr__, str: _ESC,
           float: lambda v: float.__repr__(v) if v - v == 0 else "null", datetime: lambda v: _ESC(v.isoformat())}
@@ -292,6 +295,6 @@ def _answer_text(
     "`json.dumps({'model': tag, 'predictions': [{'id', **answer}, ...]})`, written column by column"
     try: cols = tokens or _answer_tokens(ids, answers)
     except KeyError:
-        return json.dumps(plain({"model": tag, "predictions": [dict(zip(("id", *answers), t)) for t in zip(ids, *answers.values())]}))
+        return json.dumps(plain({"model": tag, "predictions": _answer_rows(answers, ids)}))
     fmt = '{"id": %s' + "".join(f", {_ESC(k).replace('%', '%%')}: %s" for k in answers) + "}"
     return '{"model": ' + _ESC(tag) + ', "predictions": [' + ", ".join(fmt % t for t in zip(*cols)) + "]}"
