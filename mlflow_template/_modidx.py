@@ -533,8 +533,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'mlflow_template/predlog.py'),
                                          'mlflow_template.predlog.PredictionLog.put': ( 'predlog.html#predictionlog.put',
                                                                                         'mlflow_template/predlog.py'),
-                                         'mlflow_template.predlog.PredictionLog.put_columns': ( 'predlog.html#predictionlog.put_columns',
-                                                                                                'mlflow_template/predlog.py'),
                                          'mlflow_template.predlog._append': ('predlog.html#_append', 'mlflow_template/predlog.py'),
                                          'mlflow_template.predlog._log_columns': ( 'predlog.html#_log_columns',
                                                                                    'mlflow_template/predlog.py'),

@@ -74,7 +74,7 @@ def _append(path: Path, data: bytes) -> None:
         finally:
             if fcntl: fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/07_predlog.ipynb #beace1ca
+# %% ../nbs/07_predlog.ipynb #fb7d3d1d
 class PredictionLog:
     "A background writer of the prediction log: `put` queues a request's predictions, a thread appends them every `flush_every` s"
     def __init__(self,
@@ -88,23 +88,17 @@ class PredictionLog:
         self._thread.start()
         atexit.register(self.close)
 
-    def put(self, records: list, result: dict, contract: dict, latency_ms: float | None = None) -> None:
-        "Queue one request's predictions (as `predict_records` answers) for the log (returns at once)"
-        self._q.put((_log_lines, (records, result, contract, latency_ms, datetime.now(timezone.utc).isoformat())))
-        if len(records) >= self.wake_records: self._wake.set()
-
-    def put_columns(self, records: list, tag: str, ids: list, answers: dict, contract: dict, latency_ms: float | None = None,
-                    tokens: list | None = None) -> None:
-        "Queue one request's predictions given as columns (ids, answers; `tokens`: their JSON tokens) for the log (returns at once)"
-        self._q.put((_log_columns, (records, tag, ids, answers, contract, latency_ms, datetime.now(timezone.utc).isoformat(), tokens)))
+    def put(self, records: list, tag: str, ids: list, answers: dict, contract: dict, latency_ms: float | None = None,
+            tokens: list | None = None) -> None:
+        "Queue one request's predictions, as columns (ids, answers; `tokens`: their JSON tokens when at hand), for the log (returns at once)"
+        self._q.put((records, tag, ids, answers, contract, latency_ms, datetime.now(timezone.utc).isoformat(), tokens))
         if len(records) >= self.wake_records: self._wake.set()
 
     def _drain(self) -> None:
         chunks = []
         while True:
-            try: write, args = self._q.get_nowait()
+            try: chunks.append(_log_columns(*self._q.get_nowait()))
             except queue.Empty: break
-            chunks.append(write(*args))
         if chunks: _append(self.path, b"".join(chunks))
 
     def _run(self) -> None:

@@ -132,7 +132,7 @@ def service_workers() -> int:
     if not raw.isdigit() or int(raw) < 1: raise ValueError(f"MLFLOW_TEMPLATE_WORKERS must be a positive whole number or 'cpu', got {raw!r}")
     return int(raw)
 
-# %% ../nbs/07_service.ipynb #fc63cf82
+# %% ../nbs/07_service.ipynb #e7434ac7
 class Scorer:
     "One process's scoring of the served model, shared by every route: `score` records, `answer` a whole /predict body"
     def __init__(self,
@@ -170,7 +170,7 @@ class Scorer:
 
     def _logged(self, rows: list, ids: list, answers: dict, t0: float, tokens: list | None = None) -> None:
         "Queue the answered predictions for the log, once the answer is ready"
-        self.log.put_columns(rows, self.tag, ids, answers, self.contract, latency_ms=round((time.perf_counter() - t0) * 1000, 3), tokens=tokens)
+        self.log.put(rows, self.tag, ids, answers, self.contract, latency_ms=round((time.perf_counter() - t0) * 1000, 3), tokens=tokens)
 
     def score(self, rows: list, t0: float) -> dict:
         "Predictions for plain records, as `predict_records` answers, counted and queued for the log; ValueError for what the contract refuses"

@@ -63,5 +63,6 @@ def test_alert_rates_on_unchanged_shifted_and_concept_drifted_batches(default):
           f"\nmonthly_charges shifted by 0.5 sd ({0.5 * sd:.1f}), named in a drift alert: {named}/{BATCHES}"
           f"\nconcept=0.8, concept-drift alert: {caught}/{BATCHES} (median {default[4].primary_metric} change {np.median(drops):+.3f})"
           f"\nunchanged labelled batches, concept-drift alert: {false_concept}/{BATCHES}")
-    for c in unchanged + labelled: print("  unexpected:", [a["message"] for a in c.alerts]) if c.alerts else None
+    for c in unchanged + labelled:
+        if c.alerts: print("  unexpected:", [a["message"] for a in c.alerts])
     assert false_any <= 1 and named >= BATCHES - 1 and caught >= BATCHES - 1 and false_concept <= 1
