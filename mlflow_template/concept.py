@@ -38,7 +38,7 @@ def labelled_performance(
                      spec.primary_metric: value})
     return pd.DataFrame(rows, columns=["data", "labelled rows", "labelled (share of rows)", spec.primary_metric])
 
-# %% ../nbs/08_concept.ipynb #1011e936
+# %% ../nbs/08_concept.ipynb #b937f0e7
 def scored_rows(
     model,              # a fitted classifier or regressor
     spec: ProblemSpec,  # the target and task
@@ -53,11 +53,6 @@ def scored_rows(
     y = class_labels(y, classes=model.classes_).to_numpy()
     if spec.task == "binary": return y, np.asarray(positive_scores(model, X, spec.positive_class), dtype=float)
     return y, np.asarray(model.predict_proba(X), dtype=float)
-
-
-class _Classes:
-    "Just the class order of a model, for `compute_metrics` on class probabilities"
-    def __init__(self, classes): self.classes_ = np.asarray(classes)
 
 
 def concept_drift(
@@ -78,15 +73,13 @@ def concept_drift(
     metric, sign = spec.primary_metric, (1.0 if METRICS[spec.primary_metric].greater_is_better else -1.0)
     (yr, sr), (yc, sc) = reference, current
     if min(len(yr), len(yc)) < max(min_rows, 2): return None
-    model = _Classes(classes) if spec.task == "multiclass" else None
-    value = lambda y, s: compute_metrics(spec, y, model, scores=s, threshold=threshold, only=metric)[metric]
-    ref, cur = value(yr, sr), value(yc, sc)
-    if ref is None or cur is None: return None  # e.g. one class only: ROC-AUC undefined
+    on = lambda y, s, idx: metric_on_resamples(spec, metric, y, s, idx, classes=classes, threshold=threshold)
+    ref, cur = (float(on(y, s, np.arange(len(y))[None, :])[0]) for y, s in (reference, current))  # every row once
+    if np.isnan(ref) or np.isnan(cur): return None  # e.g. one class only: ROC-AUC undefined
     rng = np.random.default_rng(seed)
     def boot(y, s):  # the standard error of the metric on all of the side's rows
         m = min(len(y), boot_rows)
-        idx = rng.integers(0, len(y), size=(n_boot, m))
-        return np.sqrt(m / len(y)) * np.nanstd(metric_on_resamples(spec, metric, y, s, idx, classes=classes, threshold=threshold), ddof=1)
+        return np.sqrt(m / len(y)) * np.nanstd(on(y, s, rng.integers(0, len(y), size=(n_boot, m))), ddof=1)
     se = float(np.hypot(boot(yr, sr), boot(yc, sc)))
     diff, z = cur - ref, stats.norm.ppf(1 - alpha)
     p = float(stats.norm.cdf(sign * diff / se)) if se > 0 else float(sign * diff < 0)  # small when the current is worse

@@ -87,7 +87,7 @@ def is_better(
     if than is None: return True
     return value > than + margin if METRICS[metric].greater_is_better else value < than - margin
 
-# %% ../nbs/00_metrics.ipynb #6ad0f5b3
+# %% ../nbs/00_metrics.ipynb #2b473297
 def _f(x) -> float | None:
     "A plain float, or None when the value is not a finite number"
     x = float(x)
@@ -99,12 +99,12 @@ def _only(metrics: dict, only: str | None) -> dict:
     "Each metric's value ({name: callable}), or just `only`'s"
     return {k: f() for k, f in metrics.items() if only is None or k == only}
 
-def _binary_metrics(spec, y_true, scores, threshold, only=None) -> dict:
+def _binary_metrics(spec, y_true, scores, threshold) -> dict:
     y = is_positive(y_true, spec.positive_class)
     s = np.asarray(scores, dtype=float)
     if s.ndim != 1 or len(s) != len(y):
         raise ValueError(f"scores: need one probability per row ({len(y)}), got shape {s.shape}")
-    return {**_binary_values(y, s, threshold, only), "threshold": float(threshold), "n": int(len(y)), "positive_rate": _f(y.mean())}
+    return {**_binary_values(y, s, threshold), "threshold": float(threshold), "n": int(len(y)), "positive_rate": _f(y.mean())}
 
 def _binary_values(y: np.ndarray, s: np.ndarray, threshold: float, only=None) -> dict:
     "The binary metrics of positives `y` (booleans) and scores `s`"
@@ -158,20 +158,17 @@ def compute_metrics(
                                 # matrix in `model.classes_` or sorted-label order or the predicted labels (multiclass),
                                 # or predictions (regression)
     threshold: float | None = None,  # binary: score at or above which a row is predicted positive (None: 0.5)
-    only: str | None = None,    # compute just this metric (with `n`, and for binary `threshold` and `positive_rate`)
 ) -> dict:
     "Every metric of `metrics_for(spec.task)` (plus `n`, and for binary `threshold` and `positive_rate`) as plain numbers"
     if scores is None and (model is None or X is None):
         raise ValueError("compute_metrics: pass either scores= or both model and X")
-    if only is not None and only not in metrics_for(spec.task):
-        raise ValueError(f"only: {only!r} is not a {spec.task} metric ({', '.join(metrics_for(spec.task))})")
     if spec.task == "binary":
         s = positive_scores(model, X, spec.positive_class) if scores is None else scores
-        return _binary_metrics(spec, y_true, s, decision_threshold(threshold), only)
+        return _binary_metrics(spec, y_true, s, decision_threshold(threshold))
     if spec.task == "multiclass":
         classes = model.classes_ if model is not None else np.unique(np.asarray(y_true))
-        return _multiclass_metrics(y_true, model.predict_proba(X) if scores is None else scores, classes, only)
-    return _regression_metrics(y_true, model.predict(X) if scores is None else scores, only)
+        return _multiclass_metrics(y_true, model.predict_proba(X) if scores is None else scores, classes)
+    return _regression_metrics(y_true, model.predict(X) if scores is None else scores)
 
 def _auc_rows(y: np.ndarray, s: np.ndarray, indices: np.ndarray) -> np.ndarray:
     "ROC-AUC of each resample in its Mann-Whitney form (the same area; ties count half), many resamples per array operation"
