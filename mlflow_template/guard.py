@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 # %% auto #0
 __all__ = ['ErrorDetail', 'ErrorResponse', 'error_body', 'openapi_document', 'RequestGuard', 'surprises']
 
-# %% ../nbs/07_guard.ipynb #fa40a972
+# %% ../nbs/07_guard.ipynb #1f01e653
 class ErrorDetail(BaseModel):
     "One problem with a request: where it is (`loc`), what it is (`msg`) and its kind (`type`)"
     model_config = ConfigDict(extra="allow")
@@ -37,13 +37,15 @@ def error_body(
     return {"error": error, "detail": [{"loc": list(loc), "msg": error, "type": kind}]}
 
 _REF = "#/components/schemas/{model}"
+_FEEDBACK_STATUSES = ((404, "A prediction id the service never answered (another worker's answer of the last second: retry); `detail` lists the ids"),
+                      (409, "A prediction that already has feedback, or named twice in the request; `detail` lists the ids"))
 
 def openapi_document(
     spec: dict,    # BentoML's generated OpenAPI document (`Service.openapi_spec.asdict()`)
     route: str | tuple,  # the prediction route (or routes)
     limits: dict,  # from `service.request_limits`
 ) -> dict:
-    "`spec` with the statuses the prediction route really answers (400, 413, 415, 500, 503, 504), each with the `ErrorResponse` body"
+    "`spec` with the statuses the routes really answer (400, 413, 415, 500, 503, 504; /feedback also 404, 409), each with the `ErrorResponse` body"
     doc = copy.deepcopy(spec)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     err = ErrorResponse.model_json_schema(ref_template=_REF)
@@ -60,9 +62,10 @@ def openapi_document(
             (415, "The body is not JSON (Content-Type must be application/json)"),
             (500, "An unexpected error; the server log has the details"),
             (503, "Overloaded: a /predict_batch request still queued after max_latency_ms is shed; retry after Retry-After seconds"),
-            (504, "The request was not answered within the service's time limit (BentoML's traffic timeout)"))}}
-    doc.setdefault("info", {})["description"] = ((doc["info"].get("description") or "").strip() +
-        "\n\nAny path not listed here answers 404 with the same error body.").strip()
+            (504, "The request was not answered within the service's time limit (BentoML's traffic timeout)"),
+            *(_FEEDBACK_STATUSES if r.endswith("/feedback") else ()))}}
+    info = doc.setdefault("info", {})
+    info["description"] = ((info.get("description") or "").strip() + "\n\nAny path not listed here answers 404 with the same error body.").strip()
     return doc
 
 # %% ../nbs/07_guard.ipynb #4c6da27d

@@ -93,6 +93,10 @@ def test_promoted_model_answers_over_http(project, good_run, tmp_path):
         r = httpx.post(f"{url}/predict", json={"records": records.to_dict(orient="records")}, timeout=60)
         four = records.to_dict(orient="records") + records.head(1).to_dict(orient="records")
         too_many = httpx.post(f"{url}/predict", json={"records": four}, timeout=60)
+        pids = [p["prediction_id"] for p in r.json()["predictions"]]
+        truth = [{"prediction_id": p, "label": lab} for p, lab in zip(pids[:2], ("Yes", "No"))]  # feedback on two of three
+        fed = httpx.post(f"{url}/feedback", json={"feedback": truth}, timeout=60)
+    assert (fed.status_code, fed.json()) == (200, {"stored": 2}), fed.text
     assert too_many.status_code == 413 and "3" in too_many.text, too_many.text  # deploy.max_records = 3 in settings
     assert r.status_code == 200, r.text
     body = r.json()
@@ -106,6 +110,9 @@ def test_promoted_model_answers_over_http(project, good_run, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     drift = json.loads((good_run.dir / "drift.json").read_text())
     assert (drift["rows"], drift["accepted"], drift["quarantined"]) == (3, 3, 0)
+    current = [p for p in drift["performance"] if p["data"] == "current"]  # the feedback became the current data's labels
+    assert len(current) == 1 and current[0]["labelled rows"] == 2, drift["performance"]
+    assert "Feedback: 2 of 3 logged predictions have their true churn" in (good_run.dir / "08_monitor.html").read_text()
     latency = [a for a in json.loads((good_run.dir / "alerts.json").read_text()) if a["kind"] == "latency"]
     assert len(latency) == 1 and "(1 request, 3 records)" in latency[0]["message"], latency
     assert "request latency percentiles in milliseconds" in (good_run.dir / "08_monitor.html").read_text()

@@ -131,3 +131,33 @@ def test_serves_the_promoted_model_from_an_empty_folder_without_a_name(served, t
     assert r.status_code == 200, r.text
     assert r.json()["model"] == served.tag
     assert list(empty.iterdir()) == []  # and it wrote nothing there (the log goes where the variable says)
+
+
+def _feedback(served, items):
+    return httpx.post(f"{served.url}/feedback", json={"feedback": items}, timeout=30)
+
+
+def test_feedback_names_answered_predictions_and_is_stored_all_or_none(served):
+    "Every answer carries prediction ids; /feedback stores their true labels once, refusing unknown ids, repeats and non-classes by name"
+    preds = httpx.post(f"{served.url}/predict", json={"records": RECORDS}, timeout=30).json()["predictions"]
+    pids = [p["prediction_id"] for p in preds]
+    assert len(set(pids)) == 3
+    r = _feedback(served, [{"prediction_id": pids[0], "label": "Yes"}, {"prediction_id": pids[1], "label": "No"}])
+    assert (r.status_code, r.json()) == (200, {"stored": 2}), r.text  # at once: the service flushes its log first
+    again = _feedback(served, [{"prediction_id": pids[2], "label": "No"}, {"prediction_id": pids[0], "label": "No"}])
+    assert again.status_code == 409 and pids[0] in again.json()["error"], again.text
+    assert again.json()["detail"][0]["prediction_ids"] == [pids[0]]
+    fake = pids[0].rsplit("-", 1)[0] + "-7"
+    unknown = _feedback(served, [{"prediction_id": pids[2], "label": "No"}, {"prediction_id": fake, "label": "No"}])
+    assert unknown.status_code == 404 and fake in unknown.json()["error"], unknown.text
+    wrong = _feedback(served, [{"prediction_id": pids[2], "label": 1}])
+    assert wrong.status_code == 400 and "one of the classes" in wrong.json()["error"] and pids[2] in wrong.json()["error"]
+    extra = _feedback(served, [{"prediction_id": pids[2], "label": "No", "comment": "x"}])
+    assert extra.status_code == 400 and extra.json()["detail"][0]["loc"][-1] == "comment", extra.text
+    # nothing of the refused requests was stored: pids[2] still takes its label
+    assert _feedback(served, [{"prediction_id": pids[2], "label": "No"}]).json() == {"stored": 1}
+    from mlflow_template.feedback import feedback_db_path, feedback_frame
+    stored = feedback_frame(feedback_db_path(served.log)).set_index("prediction_id")["truth"]
+    assert stored[pids].tolist() == ["Yes", "No", "No"]
+    logged = {json.loads(line)["prediction_id"] for line in _lines(served.log)}
+    assert set(pids) <= logged

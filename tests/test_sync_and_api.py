@@ -93,8 +93,8 @@ PUBLIC_API = {
     "runfolder": {'PRODUCERS', 'RunFolder', 'open_run'},
     "runner": {'Interrupted', 'new_run_id', 'run_pipeline', 'run_status'},
     "scope": {'ProblemSpec', 'check_columns', 'objective', 'threshold_checks'},
-    "service": {'BATCH_LATENCY_MS', 'Scorer', 'make_service', 'predict_records', 'request_dicts', 'request_limits',
-                'request_model', 'service_workers'},
+    "service": {'BATCH_LATENCY_MS', 'Scorer', 'feedback_model', 'make_service', 'predict_records', 'request_dicts',
+                'request_limits', 'request_model', 'service_workers'},
     "guard": {'ErrorDetail', 'ErrorResponse', 'RequestGuard', 'error_body', 'openapi_document', 'surprises'},
     "predlog": {'PredictionLog', 'log_predictions', 'prediction_log_path'},
     "settings": {'RESERVED', 'Settings', 'SettingsError', 'apply_overrides', 'check_int', 'load_parameters',
@@ -115,6 +115,8 @@ PUBLIC_API = {
     "concept": {'concept_drift', 'labelled_performance', 'scored_rows'},
     "alerting": {'check_env_name', 'send_alerts'},
     "traffic": {'check_traffic', 'is_prediction_log', 'latency_alerts', 'plot_latency', 'traffic_windows'},
+    "feedback": {'FeedbackError', 'answer_key', 'check_truth', 'feedback_db_path', 'feedback_frame',
+                 'feedback_stores', 'new_prediction_ids', 'record_feedback', 'register_requests', 'with_feedback'},
 }
 
 
