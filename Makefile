@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup run test test-nbdev test-sync test-py serve bento manifests monitor lab docs readme lock clean
+.PHONY: help setup run test test-nbdev test-sync test-py serve bento manifests monitor retrain lab docs readme lock clean
 
 help:
 	@echo "make run      set up if needed, then run the whole pipeline on the default data"
@@ -16,6 +16,7 @@ help:
 	@echo "make bento    build a bento of the newest promoted model (service, model, pinned packages; prints its tag)"
 	@echo "make manifests  write Kubernetes manifests for it under build/k8s/ (ARGS='--image ... --replicas N')"
 	@echo "make monitor  run the monitoring stage on the newest run"
+	@echo "make retrain  retrain on the service's labelled predictions; promote only a better challenger"
 	@echo "make lab      JupyterLab on this project, at http://127.0.0.1:$${PORT:-8888}"
 	@echo "make readme   regenerate README.md from nbs/index.ipynb"
 	@echo "make clean    remove generated data, reports and the virtual environment"
@@ -51,6 +52,9 @@ manifests: $(STAMP)
 
 monitor: $(STAMP)
 	$(BIN)/mlflow-template monitor $(ARGS)
+
+retrain: $(STAMP)
+	$(BIN)/mlflow-template retrain $(ARGS)
 
 # Local only (127.0.0.1), no browser (containers and remote shells have none), on $PORT (default 8888);
 # jupyter refuses to run as root (containers, CI) unless told --allow-root.

@@ -71,7 +71,7 @@ def check_sync(
         problems.append("README.md: not what nbs/index.ipynb renders to: run `make readme` and commit it")
     return problems
 
-# %% ../nbs/09_cli.ipynb #a53254a9
+# %% ../nbs/09_cli.ipynb #f150df1c
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlflow-template", description="Run and check the notebook-first ML pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="override one setting, e.g. monitor.current_source=data/logs/*.jsonl; repeatable")
     m.add_argument("--run-dir", default="reports/latest", help="the run whose reference and model to check against "
                                                                "(default: reports/latest)")
+    rt = sub.add_parser("retrain", help="retrain the served model on its reference data plus the service's labelled predictions; "
+                                        "promote the challenger only if better on the newest of them beyond noise")
+    rt.add_argument("--settings", default=None, help="settings file (default: settings.ini at the project root)")
+    rt.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one setting for the retraining run; repeatable")
+    rt.add_argument("--feedback", default="data/logs/*.jsonl", help="the prediction log(s) whose feedback to learn from "
+                                                                   "(default: data/logs/*.jsonl)")
+    rt.add_argument("--holdout-share", type=float, default=0.3, help="the newest share of labelled predictions that judges (default: 0.3)")
     sub.add_parser("check-sync", help="fail when notebooks, package and README are out of sync")
     sub.add_parser("readme", help="render README.md from nbs/index.ipynb")
     st = sub.add_parser("store", help="inspect the BentoML model store ($BENTOML_HOME/models)")
@@ -130,7 +138,29 @@ def _monitor(
     for a in alerts: print(f"{a['level']}: {a['message']}")
     print(f"{len(alerts)} alert(s) fired; report: {run_dir / '08_monitor.html'}" if alerts else
           f"no alerts; report: {run_dir / '08_monitor.html'}")
+    from mlflow_template.settings import load_parameters
+    starting = sorted({a["kind"] for a in alerts} & set(load_parameters(args.settings, args.overrides)["monitor"]["retrain_on"]))
+    if starting:
+        print(f"retraining: {', '.join(starting)} fired and is among monitor.retrain_on")
+        _retrain(argparse.Namespace(settings=args.settings, overrides=[o for o in args.overrides if not o.startswith("monitor.")],
+                                    feedback="data/logs/*.jsonl", holdout_share=0.3))
     return 1 if alerts else 0
+
+def _retrain(
+    args: argparse.Namespace,  # the `retrain` command's arguments
+) -> int:
+    "Run `retrain.retrain` and print its decision: 0 when it ran (promoted or not), 2 when it could not run"
+    from mlflow_template.retrain import retrain
+    try: res = retrain(args.settings, args.overrides, args.feedback, holdout_share=args.holdout_share)
+    except (LookupError, OSError, ValueError) as e:  # no served model, no feedback store, too few labels
+        print(f"error: retraining could not run: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+    if res["status"] != "ok":
+        print(f"error: the retraining run did not finish ({res['status']}); see {res['run_dir']}", file=sys.stderr)
+        return 2
+    print(f"{'promoted ' + res['tag'] if res['promoted'] else 'not promoted'}: {res['reason']}")
+    print(f"retraining run: {res['run_dir']} (retrain.json, 07_deploy.html)")
+    return 0
 
 def _score(
     args: argparse.Namespace,  # the `score` command's arguments
@@ -187,6 +217,7 @@ def main(
             return 0
         if args.command == "store" and args.store_command == "check": return _store_check(args.fix)
         if args.command == "monitor": return _monitor(args)
+        if args.command == "retrain": return _retrain(args)
         if args.command == "score": return _score(args)
         if args.command in ("bento", "manifests"):
             from mlflow_template.package import main as package_main

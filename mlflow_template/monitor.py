@@ -24,9 +24,9 @@ from .scope import ProblemSpec
 from .settings import option_problems
 
 # %% auto #0
-__all__ = ['NOT_PROMOTED', 'MIN_HELD_OUT', 'population_stability_index', 'feature_drift', 'prediction_drift', 'drift_alerts',
-           'plot_drift', 'watched_model', 'reference_data', 'held_out_rows', 'BatchCheck', 'quarantine_reasons',
-           'check_batch', 'check_options', 'write_check']
+__all__ = ['NOT_PROMOTED', 'MIN_HELD_OUT', 'ALERT_KINDS', 'population_stability_index', 'feature_drift', 'prediction_drift',
+           'drift_alerts', 'plot_drift', 'watched_model', 'reference_data', 'held_out_rows', 'BatchCheck',
+           'quarantine_reasons', 'check_batch', 'check_options', 'write_check']
 
 # %% ../nbs/08_monitor.ipynb #399b4512
 _EPS = 1e-4  # share given to an empty bin so the log in PSI stays finite
@@ -383,7 +383,7 @@ def check_batch(
     return BatchCheck(len(current_raw), accepted, quarantined, drift, pred,
                       drift_alerts(drift, max_drifted_share=max_drifted_share, prediction=pred, concept=concept), perf, concept)
 
-# %% ../nbs/08_monitor.ipynb #816b8492
+# %% ../nbs/08_monitor.ipynb #d1a90600
 def _check_current(current_source, current_format, current_options) -> None:
     "ValueError unless acquire can tell how to read `current_source` and takes every key of `current_options`"
     import inspect
@@ -397,12 +397,20 @@ def _check_current(current_source, current_format, current_options) -> None:
     unknown = [k for k in current_options if k not in allowed]
     if unknown: raise ValueError(f"current_options: {', '.join(map(repr, unknown))} not among acquire's options ({', '.join(allowed)})")
 
+ALERT_KINDS = ("feature_drift", "dataset_drift", "prediction_drift", "concept_drift", "latency")  # what an alert's `kind` can be
+
+def _check_retrain_on(v) -> None:
+    "ValueError unless `v` is a list of alert kinds"
+    if not isinstance(v, list) or any(k not in ALERT_KINDS for k in v):
+        raise ValueError(f"retrain_on: expected a list of alert kinds among {list(ALERT_KINDS)}, got {v!r}")
+
 _OPTION_RULES = (  # the settings of the monitor runbook
     (("p_threshold", "psi_threshold"), _check_thresholds),                                # feature_drift, prediction_drift
     (("max_drifted_share",), lambda v: check_fraction(v, "max_drifted_share", zero=True)),  # drift_alerts
     (("current_source", "current_format", "current_options"), _check_current),           # acquire.load_source
     (("webhook_env",), check_env_name),                                                    # alerting.send_alerts
     (("traffic_window", "max_p99_ms"), check_traffic),                                     # traffic
+    (("retrain_on",), _check_retrain_on),                                                  # cli: monitor starts retrain
 )
 
 def check_options(

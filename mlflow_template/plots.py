@@ -113,7 +113,15 @@ class _PositiveSecond(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X): return np.asarray(self.model.predict_proba(X))[:, ::-1]
 
-# %% ../nbs/00_plots.ipynb #36f999f7
+# %% ../nbs/00_plots.ipynb #1dc6377c
+def _coarse_dates(s: pd.Series, n: int = 20) -> pd.Series:
+    "Dates snapped to the nearest of `n` quantile dates: a date feature's partial dependence on a grid of `n` points"
+    if s.nunique() <= n: return s
+    grid = s.quantile(np.linspace(0, 1, n)).drop_duplicates().sort_values().to_numpy()
+    i = np.clip(np.searchsorted(grid, s.to_numpy()), 1, len(grid) - 1)
+    near = np.where(s.to_numpy() - grid[i - 1] <= grid[i] - s.to_numpy(), grid[i - 1], grid[i])
+    return pd.Series(near, index=s.index)
+
 def plot_partial_dependence(
     model,                    # a fitted model or pipeline that takes the raw feature columns
     X: pd.DataFrame,          # feature columns to average over
@@ -133,7 +141,9 @@ def plot_partial_dependence(
     cats = [f for f in features if column_kind(Xs[f]) != "numeric"]  # booleans, text and dates as categories
     ints = [f for f in features if f not in cats and pd.api.types.is_integer_dtype(Xs[f])]
     Xs = Xs.astype({f: float for f in ints})  # sklearn refuses integer columns (its grid would be rounded)
-    pdp = dict(categorical_features=cats or None, kind=kind, grid_resolution=20, random_state=seed)
+    Xs = Xs.assign(**{f: _coarse_dates(Xs[f]) for f in cats if pd.api.types.is_datetime64_any_dtype(Xs[f])})
+    grid = max([20] + [Xs[f].nunique() for f in cats])  # sklearn's grid must hold every category of a categorical feature
+    pdp = dict(categorical_features=cats or None, kind=kind, grid_resolution=grid, random_state=seed)
     classes = getattr(model, "classes_", None)
     if classes is not None and len(classes) > 2:  # sklearn plots one class at a time: a row of panels per class
         fig, axes = plt.subplots(len(classes), len(features), figsize=(4.2 * len(features), 3.2 * len(classes)),

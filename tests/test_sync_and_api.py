@@ -79,12 +79,12 @@ PUBLIC_API = {
                 'metric_from_score', 'metric_on_resamples', 'metric_unit', 'metrics_for', 'metrics_units', 'scorer'},
     "modelfile": {'TRUSTED_TYPES', 'check_sha256', 'dump_model', 'load_model_file', 'pipeline_types',
                  'trusted_types'},
-    "monitor": {'BatchCheck', 'MIN_HELD_OUT', 'NOT_PROMOTED', 'check_batch', 'check_options', 'drift_alerts',
-                'feature_drift', 'held_out_rows', 'plot_drift', 'population_stability_index', 'prediction_drift',
-                'quarantine_reasons', 'reference_data', 'watched_model', 'write_check'},
+    "monitor": {'ALERT_KINDS', 'BatchCheck', 'MIN_HELD_OUT', 'NOT_PROMOTED', 'check_batch', 'check_options',
+                'drift_alerts', 'feature_drift', 'held_out_rows', 'plot_drift', 'population_stability_index',
+                'prediction_drift', 'quarantine_reasons', 'reference_data', 'watched_model', 'write_check'},
     "pages": {'export_html', 'write_index'},
-    "plots": {'plot_calibration', 'plot_confusion', 'plot_leaderboard', 'plot_partial_dependence',
-             'plot_residuals', 'plot_roc_pr'},
+    "plots": {'plot_calibration', 'plot_confusion', 'plot_leaderboard', 'plot_partial_dependence', 'plot_residuals',
+              'plot_roc_pr'},
     "prepare": {'DUPLICATE_KEEP', 'EXACT_DUPLICATES', 'Prepared', 'check_ids_disjoint', 'check_options',
                 'clean_target', 'cleaning_steps', 'contract_table', 'contract_warnings', 'deduplicate',
                 'missing_report', 'prepare_data', 'repair_types', 'roles_table', 'split_data', 'split_table',
@@ -117,6 +117,8 @@ PUBLIC_API = {
     "traffic": {'check_traffic', 'is_prediction_log', 'latency_alerts', 'plot_latency', 'traffic_windows'},
     "feedback": {'FeedbackError', 'answer_key', 'check_truth', 'feedback_db_path', 'feedback_frame',
                  'feedback_stores', 'new_prediction_ids', 'record_feedback', 'register_requests', 'with_feedback'},
+    "retrain": {'RETRAIN_STAGES', 'compare_on_holdout', 'holdout_versus', 'labelled_rows', 'retrain', 'split_recent',
+                'training_table'},
 }
 
 
