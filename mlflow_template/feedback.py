@@ -13,8 +13,8 @@ import pandas as pd
 from pydantic_core import from_json, to_json
 
 # %% auto #0
-__all__ = ['new_prediction_ids', 'feedback_db_path', 'register_requests', 'FeedbackError', 'answer_key', 'check_truth',
-           'record_feedback', 'feedback_frame', 'feedback_stores', 'with_feedback']
+__all__ = ['new_prediction_ids', 'feedback_db_path', 'register_requests', 'register_refused', 'refused_frame', 'FeedbackError',
+           'answer_key', 'check_truth', 'record_feedback', 'feedback_frame', 'feedback_stores', 'with_feedback']
 
 # %% ../nbs/07_feedback.ipynb #c5ace6d6
 def new_prediction_ids(
@@ -30,10 +30,11 @@ def _split_id(pid) -> tuple | None:
     rid, _, pos = pid.rpartition("-")
     return (rid, int(pos)) if len(rid) == 16 and pos.isdigit() and len(pos) < 10 else None
 
-# %% ../nbs/07_feedback.ipynb #36177b8c
+# %% ../nbs/07_feedback.ipynb #83957cd4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, records INTEGER NOT NULL, ts TEXT NOT NULL, model TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS feedback (prediction_id TEXT PRIMARY KEY, truth TEXT NOT NULL, ts TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refused (ts TEXT NOT NULL, route TEXT NOT NULL, status INTEGER NOT NULL, latency_ms REAL);
 """
 
 def feedback_db_path(
@@ -65,6 +66,25 @@ def register_requests(
     rows = [(_split_id(ids[0])[0], len(ids), ts, model) for ids, ts, model in answered if ids and _split_id(ids[0])]
     if not rows: return
     with _transaction(path) as con: con.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?)", rows)
+def register_refused(
+    path: str | Path,  # the feedback store
+    refused: list,     # [(ts, route, HTTP status, latency in ms)] of requests the service answered with an error
+) -> None:
+    "Record refused requests (4xx, 5xx), for the monitor's error share (the prediction log's writer calls it)"
+    if refused:
+        with _transaction(path) as con: con.executemany("INSERT INTO refused VALUES (?, ?, ?, ?)", refused)
+
+def refused_frame(
+    stores: list,  # feedback stores (`feedback_stores`)
+) -> pd.DataFrame:
+    "Every refused request of these stores: ts (UTC), route, status, latency_ms"
+    rows = []
+    for s in stores:
+        with _transaction(s, write=False) as con:
+            has = con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'refused'").fetchone()[0]
+            if has: rows += con.execute("SELECT ts, route, status, latency_ms FROM refused").fetchall()
+    out = pd.DataFrame(rows, columns=["ts", "route", "status", "latency_ms"])
+    return out.assign(ts=pd.to_datetime(out["ts"], utc=True, format="ISO8601"))
 
 # %% ../nbs/07_feedback.ipynb #34fc384c
 class FeedbackError(ValueError):

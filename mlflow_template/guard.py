@@ -68,7 +68,7 @@ def openapi_document(
     info["description"] = ((info.get("description") or "").strip() + "\n\nAny path not listed here answers 404 with the same error body.").strip()
     return doc
 
-# %% ../nbs/07_guard.ipynb #4c6da27d
+# %% ../nbs/07_guard.ipynb #7066ccfb
 _INFRA = ("/", "/docs.json", "/schema.json", "/livez", "/healthz", "/readyz", "/metrics")
 _METRICS: dict = {}
 
@@ -122,9 +122,11 @@ class RequestGuard:
                  limits: dict,       # from `service.request_limits`
                  openapi=None,       # a callable returning BentoML's OpenAPI document (None: pass /docs.json through)
                  answer=None,        # body -> the first route's JSON answer, or None to let `app` answer (`service.Scorer.answer`)
+                 on_refused=None,    # called with (route, status, latency in ms) for a route's 4xx/5xx answer (`service.Scorer.refused`)
                  ):
         self.routes = (route,) if isinstance(route, str) else tuple(route)  # the first is the one the OpenAPI rewrite documents
         self.app, self.route, self.limits, self.openapi, self.answer = app, self.routes[0], limits, openapi, answer
+        self.on_refused = on_refused
         self.known = {*self.routes, *_INFRA}
 
     def _endpoint(self, path: str) -> str | None:
@@ -138,9 +140,9 @@ class RequestGuard:
         if scope["type"] != "http": return await self.app(scope, receive, send)
         endpoint = self._endpoint(scope["path"])
         if endpoint == "/metrics": return await _answer(send, 200, _metrics_text(), "text/plain; version=0.0.4; charset=utf-8")
-        label, status, t0 = endpoint or "unknown", [500], time.perf_counter()
+        label, status, t0, started = endpoint or "unknown", [500], time.perf_counter(), [False]
         async def sending(message):
-            if message["type"] == "http.response.start": status[0] = message["status"]
+            if message["type"] == "http.response.start": status[0], started[0] = message["status"], True
             await send(message)
         m = _metrics()
         try:
@@ -148,6 +150,8 @@ class RequestGuard:
         finally:
             m["total"].labels(label, str(status[0])).inc()
             m["duration"].labels(label, str(status[0])).observe(time.perf_counter() - t0)
+            if self.on_refused is not None and started[0] and status[0] >= 400 and endpoint in self.routes:  # not a client gone
+                self.on_refused(endpoint, status[0], round((time.perf_counter() - t0) * 1000, 3))
 
     async def _route(self, scope, receive, send, endpoint):
         if endpoint is None:

@@ -383,7 +383,7 @@ def check_batch(
     return BatchCheck(len(current_raw), accepted, quarantined, drift, pred,
                       drift_alerts(drift, max_drifted_share=max_drifted_share, prediction=pred, concept=concept), perf, concept)
 
-# %% ../nbs/08_monitor.ipynb #d1a90600
+# %% ../nbs/08_monitor.ipynb #142e1509
 def _check_current(current_source, current_format, current_options) -> None:
     "ValueError unless acquire can tell how to read `current_source` and takes every key of `current_options`"
     import inspect
@@ -397,7 +397,7 @@ def _check_current(current_source, current_format, current_options) -> None:
     unknown = [k for k in current_options if k not in allowed]
     if unknown: raise ValueError(f"current_options: {', '.join(map(repr, unknown))} not among acquire's options ({', '.join(allowed)})")
 
-ALERT_KINDS = ("feature_drift", "dataset_drift", "prediction_drift", "concept_drift", "latency")  # what an alert's `kind` can be
+ALERT_KINDS = ("feature_drift", "dataset_drift", "prediction_drift", "concept_drift", "latency", "errors")  # what an alert's `kind` can be
 
 def _check_retrain_on(v) -> None:
     "ValueError unless `v` is a list of alert kinds"
@@ -410,6 +410,7 @@ _OPTION_RULES = (  # the settings of the monitor runbook
     (("current_source", "current_format", "current_options"), _check_current),           # acquire.load_source
     (("webhook_env",), check_env_name),                                                    # alerting.send_alerts
     (("traffic_window", "max_p99_ms"), check_traffic),                                     # traffic
+    (("max_error_share",), lambda v: check_traffic("1h", 0, v)),                           # traffic.error_alerts
     (("retrain_on",), _check_retrain_on),                                                  # cli: monitor starts retrain
 )
 

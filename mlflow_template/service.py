@@ -146,7 +146,7 @@ def service_workers() -> int:
     if not raw.isdigit() or int(raw) < 1: raise ValueError(f"MLFLOW_TEMPLATE_WORKERS must be a positive whole number or 'cpu', got {raw!r}")
     return int(raw)
 
-# %% ../nbs/07_service.ipynb #6a3bf04e
+# %% ../nbs/07_service.ipynb #cc10baf7
 class Scorer:
     "One process's scoring of the served model, shared by every route: `score` records, `answer` a whole /predict body"
     def __init__(self,
@@ -217,12 +217,16 @@ class Scorer:
         self._logged(rows, ids, answers, t0, tokens)
         return text
 
+    def refused(self, route: str, status: int, latency_ms: float) -> None:
+        "Count a request answered with an error (4xx, 5xx) in the store next to the log, for the monitor's error share"
+        self.log.put_refused(route, status, latency_ms)
+
     def close(self) -> None:
         "Write every queued prediction (a shutdown)"
         with self._lock: log = self._log
         if log is not None: log.close()
 
-# %% ../nbs/07_service.ipynb #585c7043
+# %% ../nbs/07_service.ipynb #25db0471
 _FEEDBACK_KINDS = {400: "value_error", 404: "unknown_prediction", 409: "duplicate_feedback"}
 BATCH_LATENCY_MS = 1000  # /predict_batch: BentoML's max_latency_ms, the deadline after which a queued request is shed with a 503; the batcher's own wait adapts to the measured scoring time (a tight deadline sheds requests while it warms up)
 
@@ -280,7 +284,8 @@ def make_service(
             except (ValueError, OverflowError) as e: return {"model": tag, "id": None, **error_body(str(e), ("body", "records"))}
 
     ModelService.add_asgi_middleware(RequestGuard, route=("/predict", "/predict_batch", "/feedback"), limits=limits,
-                                     openapi=lambda: ModelService.openapi_spec.asdict(), answer=scorer.answer)
+                                     openapi=lambda: ModelService.openapi_spec.asdict(), answer=scorer.answer,
+                                     on_refused=scorer.refused)
     return ModelService
 
 def __getattr__(name: str):

@@ -19,7 +19,8 @@ from test_monitor_cli import hook  # noqa: F401  (the local webhook fixture)
 
 pytestmark = pytest.mark.slow
 
-FAST = ["train.n_iter=2", "evaluate.cv_folds=2", "evaluate.importance_repeats=1",
+FAST = ["train.n_iter=2", 'train.families=["linear"]', "train.ensemble=False", "evaluate.cv_folds=2",
+        "evaluate.importance_repeats=1", "evaluate.dependence_features=1", "evaluate.slice_features=1",
         'scope.success_thresholds={"min_roc_auc": 0.6}']  # a small, quick retraining run; the gate still applies
 
 

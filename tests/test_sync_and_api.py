@@ -114,9 +114,11 @@ PUBLIC_API = {
     "fastpath": {'FastModel', 'compile_model'},
     "concept": {'concept_drift', 'labelled_performance', 'scored_rows'},
     "alerting": {'check_env_name', 'send_alerts'},
-    "traffic": {'check_traffic', 'is_prediction_log', 'latency_alerts', 'plot_latency', 'traffic_windows'},
+    "traffic": {'PREDICTION_ROUTES', 'check_traffic', 'error_alerts', 'is_prediction_log', 'latency_alerts',
+                'plot_latency', 'traffic_windows'},
     "feedback": {'FeedbackError', 'answer_key', 'check_truth', 'feedback_db_path', 'feedback_frame',
-                 'feedback_stores', 'new_prediction_ids', 'record_feedback', 'register_requests', 'with_feedback'},
+                 'feedback_stores', 'new_prediction_ids', 'record_feedback', 'refused_frame', 'register_refused',
+                 'register_requests', 'with_feedback'},
     "retrain": {'RETRAIN_STAGES', 'compare_on_holdout', 'holdout_versus', 'labelled_rows', 'retrain', 'split_recent',
                 'training_table'},
 }
