@@ -71,7 +71,7 @@ def check_sync(
         problems.append("README.md: not what nbs/index.ipynb renders to: run `make readme` and commit it")
     return problems
 
-# %% ../nbs/09_cli.ipynb #f150df1c
+# %% ../nbs/09_cli.ipynb #bf936352
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlflow-template", description="Run and check the notebook-first ML pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -138,6 +138,9 @@ def _monitor(
     for a in alerts: print(f"{a['level']}: {a['message']}")
     print(f"{len(alerts)} alert(s) fired; report: {run_dir / '08_monitor.html'}" if alerts else
           f"no alerts; report: {run_dir / '08_monitor.html'}")
+    from mlflow_template.history import keep_check, write_history_page
+    kept = keep_check(run_dir, run_dir.parent / "monitoring")  # the next check of this run overwrites its files there
+    print(f"kept as {run_dir.parent / 'monitoring' / kept['folder']}; history: {write_history_page(run_dir.parent / 'monitoring')}")
     from mlflow_template.settings import load_parameters
     starting = sorted({a["kind"] for a in alerts} & set(load_parameters(args.settings, args.overrides)["monitor"]["retrain_on"]))
     if starting:

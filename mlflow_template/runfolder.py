@@ -15,14 +15,14 @@ from .settings import runbooks
 # %% auto #0
 __all__ = ['PRODUCERS', 'RunFolder', 'open_run']
 
-# %% ../nbs/00_runfolder.ipynb #fc0de633
+# %% ../nbs/00_runfolder.ipynb #b2f1ffa1
 PRODUCERS = {
     "spec.json": "scope", "raw.parquet": "acquire", "provenance.json": "acquire",
     "train.parquet": "prepare", "valid.parquet": "prepare", "test.parquet": "prepare", "contract.json": "prepare",
     "preprocessor.skops": "prepare", "prepare.json": "prepare", "profile.html": "explore", "explore.json": "explore",
     "model.skops": "train", "train.json": "train", "oof.parquet": "train", "metrics.json": "evaluate", "gate.json": "evaluate",
     "model_card.md": "evaluate", "scenarios.json": "evaluate", "deploy.json": "deploy", "drift.json": "monitor", "alerts.json": "monitor",
-    "quarantine.parquet": "monitor",
+    "quarantine.parquet": "monitor", "traffic.json": "monitor",
 }
 
 class RunFolder:

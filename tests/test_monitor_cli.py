@@ -66,3 +66,12 @@ def test_monitor_command_exit_codes_and_webhook(project, good_run, tmp_path, hoo
 
     broken = monitor(f"monitor.current_source={tmp_path / 'no_such_batch.csv'}")
     assert broken.returncode == 2 and "no_such_batch.csv" in broken.stderr, broken.stderr[-2000:]
+
+    # every check that ran is kept with its report, and the history page shows them over time
+    from mlflow_template.history import read_history
+    history = read_history(tmp_path / "monitoring")
+    assert history["alerts"].tolist()[0] >= 2 and history["alerts"].tolist()[1] == 0 and len(history) == 2, history
+    assert "concept_drift" in history["kinds"][0] and history["drifted_features"][0] >= 1
+    assert all((tmp_path / "monitoring" / f / "08_monitor.html").is_file() for f in history["folder"])
+    page = (tmp_path / "monitoring" / "index.html").read_text()
+    assert "2 check(s)" in page and page.count("<figcaption>") >= 2

@@ -1,6 +1,6 @@
 """The loop closed through real processes: a served model, drifted traffic and its feedback over HTTP, the monitor
 command (exit 1, the webhook receives the alerts, concept drift starts retraining), a better challenger promoted and
-served after a restart, then an equally good challenger refused.
+picked up by the running service without a refused request, then an equally good challenger refused.
 
 The project is a copy of the shared small run's project (its store holds the served champion), so the shared run is
 left as it was for the tests that read it."""
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from types import SimpleNamespace
 
 import httpx
@@ -56,39 +57,45 @@ def test_drift_feedback_alert_retrain_promote_and_refuse(project, good_run, tmp_
     env = {**project.env, "BENTOML_HOME": str(proj / "bentoml_home"), "ALERTS_HOOK": url_hook}
     here = SimpleNamespace(path=proj, env=env)
     monkeypatch.setenv("MLFLOW_TEMPLATE_MAX_RECORDS", "1000")  # the small run's model allows 3 records per request
+    monkeypatch.setenv("MLFLOW_TEMPLATE_RELOAD_SECONDS", "1")  # each worker checks the store every second
     log = proj / "data" / "logs" / "predictions.jsonl"
     records, truth = _traffic()
-    with bentoml_serve(proj / "bentoml_home", "churn_model", log, tmp_path) as url:
-        champion = _send(url, records, truth)
-
     run = proj / "reports" / good_run.dir.name
     sets = [f"monitor.current_source={log}", 'monitor.current_options={"flatten": True}', "monitor.webhook_env=ALERTS_HOOK",
             'monitor.retrain_on=["concept_drift"]', *FAST]
-    mon = cli(here, "monitor", "--run-dir", str(run), *[a for s in sets for a in ("--set", s)], timeout=900)
-    out = mon.stdout + mon.stderr
-    assert mon.returncode == 1, out[-3000:]  # alerts fired
-    kinds = {a["kind"]: a for a in received[-1]["alerts"]}
-    assert kinds["feature_drift"]["feature"] == "monthly_charges" and "concept_drift" in kinds, received[-1]
-    assert "roc_auc" in kinds["concept_drift"]["message"]
-    assert "Feedback: 3,000 of 3,000 logged predictions" in (run / "08_monitor.html").read_text()
-    assert "retraining: concept_drift fired" in out and "promoted churn_model:" in out, out[-3000:]
-    new_tag = re.search(r"promoted (churn_model:\w+)", out).group(1)
-    retrain_run = proj / re.search(r"retraining run: (\S+)", out).group(1)
-    summary = json.loads((retrain_run / "retrain.json").read_text())
-    assert summary["promoted"] and summary["tag"] == new_tag and summary["champion"] == champion, summary
-    assert (summary["labelled"], summary["holdout_rows"]) == (3000, 900), summary
-    versus = json.loads((retrain_run / "deploy.json").read_text())["champion"]
-    assert versus["rows"] == 900 and versus["low"] > 0 and versus["champion_tag"] == champion, versus  # better beyond noise
-    from mlflow_template import deploy as d
-    with d.use_store(proj / "bentoml_home"):
-        assert d.load_model("churn_model")[2]["metadata"]["decision"]["low"] == versus["low"]  # the evidence travels with it
+    with bentoml_serve(proj / "bentoml_home", "churn_model", log, tmp_path) as url:
+        champion = _send(url, records, truth)
+        mon = cli(here, "monitor", "--run-dir", str(run), *[a for s in sets for a in ("--set", s)], timeout=900)
+        out = mon.stdout + mon.stderr
+        assert mon.returncode == 1, out[-3000:]  # alerts fired
+        kinds = {a["kind"]: a for a in received[-1]["alerts"]}
+        assert kinds["feature_drift"]["feature"] == "monthly_charges" and "concept_drift" in kinds, received[-1]
+        assert "roc_auc" in kinds["concept_drift"]["message"]
+        assert "Feedback: 3,000 of 3,000 logged predictions" in (run / "08_monitor.html").read_text()
+        assert "retraining: concept_drift fired" in out and "promoted churn_model:" in out, out[-3000:]
+        new_tag = re.search(r"promoted (churn_model:\w+)", out).group(1)
+        retrain_run = proj / re.search(r"retraining run: (\S+)", out).group(1)
+        summary = json.loads((retrain_run / "retrain.json").read_text())
+        assert summary["promoted"] and summary["tag"] == new_tag and summary["champion"] == champion, summary
+        assert (summary["labelled"], summary["holdout_rows"]) == (3000, 900), summary
+        versus = json.loads((retrain_run / "deploy.json").read_text())["champion"]
+        assert versus["rows"] == 900 and versus["low"] > 0 and versus["champion_tag"] == champion, versus  # beyond noise
+        from mlflow_template import deploy as d
+        with d.use_store(proj / "bentoml_home"):
+            assert d.load_model("churn_model")[2]["metadata"]["decision"]["low"] == versus["low"]  # the evidence travels
 
-    with bentoml_serve(proj / "bentoml_home", "churn_model", tmp_path / "after.jsonl", tmp_path) as url:  # the restart recipe
-        r = httpx.post(f"{url}/predict", json={"records": records[:2]}, timeout=60)
-    assert r.json()["model"] == new_tag != champion
+        # the running service picks the new champion up by itself, and answers every request meanwhile
+        seen, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline and (not seen or seen[-1][1] != new_tag):
+            r = httpx.post(f"{url}/predict", json={"records": records[:2]}, timeout=30)
+            seen.append((r.status_code, r.json().get("model")))
+            time.sleep(0.05)
+        assert seen[-1] == (200, new_tag) and {s for s, _ in seen} == {200}, seen[-5:]
 
-    again = cli(here, "retrain", "--feedback", str(log), *[a for s in FAST for a in ("--set", s)], timeout=900)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert "not promoted" in again.stdout, again.stdout[-2000:]  # retrained on the same rows: as good is not better
-    with d.use_store(proj / "bentoml_home"):
-        assert d.load_model("churn_model")[2]["tag"] == new_tag  # the champion stays
+        again = cli(here, "retrain", "--feedback", str(log), *[a for s in FAST for a in ("--set", s)], timeout=900)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert "not promoted" in again.stdout, again.stdout[-2000:]  # retrained on the same rows: as good is not better
+        with d.use_store(proj / "bentoml_home"):
+            assert d.load_model("churn_model")[2]["tag"] == new_tag  # the champion stays
+        time.sleep(1.5)
+        assert httpx.post(f"{url}/predict", json={"records": records[:1]}, timeout=30).json()["model"] == new_tag

@@ -93,8 +93,8 @@ PUBLIC_API = {
     "runfolder": {'PRODUCERS', 'RunFolder', 'open_run'},
     "runner": {'Interrupted', 'new_run_id', 'run_pipeline', 'run_status'},
     "scope": {'ProblemSpec', 'check_columns', 'objective', 'threshold_checks'},
-    "service": {'BATCH_LATENCY_MS', 'Scorer', 'feedback_model', 'make_service', 'predict_records', 'request_dicts',
-                'request_limits', 'request_model', 'service_workers'},
+    "service": {'BATCH_LATENCY_MS', 'Scorer', 'feedback_model', 'make_service', 'predict_records', 'reload_seconds',
+                'request_dicts', 'request_limits', 'request_model', 'service_workers'},
     "guard": {'ErrorDetail', 'ErrorResponse', 'RequestGuard', 'error_body', 'openapi_document', 'surprises'},
     "predlog": {'PredictionLog', 'log_predictions', 'prediction_log_path'},
     "settings": {'RESERVED', 'Settings', 'SettingsError', 'apply_overrides', 'check_int', 'load_parameters',
@@ -121,6 +121,7 @@ PUBLIC_API = {
                  'register_requests', 'with_feedback'},
     "retrain": {'RETRAIN_STAGES', 'compare_on_holdout', 'holdout_versus', 'labelled_rows', 'retrain', 'split_recent',
                 'training_table'},
+    "history": {'KEPT', 'check_summary', 'keep_check', 'plot_history', 'read_history', 'write_history_page'},
 }
 
 
