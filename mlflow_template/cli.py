@@ -71,7 +71,7 @@ def check_sync(
         problems.append("README.md: not what nbs/index.ipynb renders to: run `make readme` and commit it")
     return problems
 
-# %% ../nbs/09_cli.ipynb #bf936352
+# %% ../nbs/09_cli.ipynb #9e9a98e4
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlflow-template", description="Run and check the notebook-first ML pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -142,11 +142,14 @@ def _monitor(
     kept = keep_check(run_dir, run_dir.parent / "monitoring")  # the next check of this run overwrites its files there
     print(f"kept as {run_dir.parent / 'monitoring' / kept['folder']}; history: {write_history_page(run_dir.parent / 'monitoring')}")
     from mlflow_template.settings import load_parameters
-    starting = sorted({a["kind"] for a in alerts} & set(load_parameters(args.settings, args.overrides)["monitor"]["retrain_on"]))
-    if starting:
+    from mlflow_template.feedback import feedback_stores
+    params = load_parameters(args.settings, args.overrides)["monitor"]
+    starting = sorted({a["kind"] for a in alerts} & set(params["retrain_on"]))
+    if starting:  # on the feedback of the log just checked, when it was the service's log
         print(f"retraining: {', '.join(starting)} fired and is among monitor.retrain_on")
+        source = params["current_source"] if feedback_stores(params["current_source"]) else "data/logs/*.jsonl"
         _retrain(argparse.Namespace(settings=args.settings, overrides=[o for o in args.overrides if not o.startswith("monitor.")],
-                                    feedback="data/logs/*.jsonl", holdout_share=0.3))
+                                    feedback=source, holdout_share=0.3))
     return 1 if alerts else 0
 
 def _retrain(
