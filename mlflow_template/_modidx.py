@@ -640,6 +640,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'mlflow_template.retrain': { 'mlflow_template.retrain._like': ('retrain.html#_like', 'mlflow_template/retrain.py'),
                                          'mlflow_template.retrain.compare_on_holdout': ( 'retrain.html#compare_on_holdout',
                                                                                          'mlflow_template/retrain.py'),
+                                         'mlflow_template.retrain.dedup_override': ( 'retrain.html#dedup_override',
+                                                                                     'mlflow_template/retrain.py'),
                                          'mlflow_template.retrain.holdout_versus': ( 'retrain.html#holdout_versus',
                                                                                      'mlflow_template/retrain.py'),
                                          'mlflow_template.retrain.labelled_rows': ( 'retrain.html#labelled_rows',

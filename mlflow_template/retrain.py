@@ -20,7 +20,8 @@ from .feedback import feedback_stores, with_feedback
 from .metrics import METRICS, metric_on_resamples
 
 # %% auto #0
-__all__ = ['RETRAIN_STAGES', 'labelled_rows', 'split_recent', 'compare_on_holdout', 'holdout_versus', 'training_table', 'retrain']
+__all__ = ['RETRAIN_STAGES', 'labelled_rows', 'split_recent', 'compare_on_holdout', 'holdout_versus', 'training_table',
+           'dedup_override', 'retrain']
 
 # %% ../nbs/08_retrain.ipynb #39273ce6
 def labelled_rows(
@@ -143,7 +144,14 @@ def training_table(
                         for c in reference.columns})
     return pd.concat([reference, add], ignore_index=True) if len(reference) else add
 
-# %% ../nbs/08_retrain.ipynb #5d8d5c91
+# %% ../nbs/08_retrain.ipynb #8a500746
+def dedup_override(
+    keep: str,  # the settings' [prepare] duplicate_keep
+) -> list:
+    "The override of a retraining run for repeated ids: the newest row wins (`last`) unless every row is kept"
+    return ["prepare.duplicate_keep=last"] if keep == "first" else []
+
+# %% ../nbs/08_retrain.ipynb #9e6f4d5d
 RETRAIN_STAGES = ("scope", "acquire", "prepare", "train", "evaluate", "deploy")  # explore and monitor do not decide
 
 def retrain(
@@ -161,7 +169,8 @@ def retrain(
     from mlflow_template.settings import load_parameters
     root = project_root()
     name = served_name()
-    wanted = load_parameters(settings, overrides)["deploy"]["model_name"]
+    params = load_parameters(settings, overrides)
+    wanted, newest_wins = params["deploy"]["model_name"], dedup_override(params["prepare"]["duplicate_keep"])
     if wanted != name: raise ValueError(f"the settings deploy {wanted!r} but the store serves {name!r}: set model_name = {name}")
     _, contract, info = load_model(name)
     base = root / "reports" / str(info["metadata"].get("run_id")) / "raw.parquet"
@@ -176,7 +185,8 @@ def retrain(
          f"holdout: the newest {len(recent):,} ({folder.relative_to(root)})")
     t0 = time.monotonic()
     record = run_pipeline(settings, [*overrides, f"acquire.source={folder / 'train_source.parquet'}", "acquire.format=parquet",
-                                     "acquire.table=", "acquire.query=", f"deploy.holdout_source={folder / 'holdout.parquet'}"],
+                                     "acquire.table=", "acquire.query=", f"deploy.holdout_source={folder / 'holdout.parquet'}",
+                                     *newest_wins],
                           stages=list(RETRAIN_STAGES), echo=echo)
     run_dir = Path(record["run_dir"])
     deployed = read_json(run_dir / "deploy.json") if (run_dir / "deploy.json").is_file() else None

@@ -119,8 +119,8 @@ PUBLIC_API = {
     "feedback": {'FeedbackError', 'answer_key', 'check_truth', 'feedback_db_path', 'feedback_frame',
                  'feedback_stores', 'new_prediction_ids', 'record_feedback', 'refused_frame', 'register_refused',
                  'register_requests', 'with_feedback'},
-    "retrain": {'RETRAIN_STAGES', 'compare_on_holdout', 'holdout_versus', 'labelled_rows', 'retrain', 'split_recent',
-                'training_table'},
+    "retrain": {'RETRAIN_STAGES', 'compare_on_holdout', 'dedup_override', 'holdout_versus', 'labelled_rows',
+                'retrain', 'split_recent', 'training_table'},
     "history": {'KEPT', 'check_summary', 'keep_check', 'plot_history', 'read_history', 'write_history_page'},
 }
 
