@@ -79,6 +79,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'mlflow_template.cli._parser': ('cli.html#_parser', 'mlflow_template/cli.py'),
                                      'mlflow_template.cli._retrain': ('cli.html#_retrain', 'mlflow_template/cli.py'),
                                      'mlflow_template.cli._score': ('cli.html#_score', 'mlflow_template/cli.py'),
+                                     'mlflow_template.cli._settings_options': ('cli.html#_settings_options', 'mlflow_template/cli.py'),
                                      'mlflow_template.cli._source_notebook': ('cli.html#_source_notebook', 'mlflow_template/cli.py'),
                                      'mlflow_template.cli._store_check': ('cli.html#_store_check', 'mlflow_template/cli.py'),
                                      'mlflow_template.cli.check_sync': ('cli.html#check_sync', 'mlflow_template/cli.py'),

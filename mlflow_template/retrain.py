@@ -55,7 +55,7 @@ def split_recent(
                          f"{min_holdout:,} (about {int(np.ceil(min_holdout / share)):,} labelled predictions): send more feedback")
     return rows.iloc[: len(rows) - n_hold], rows.iloc[len(rows) - n_hold:]
 
-# %% ../nbs/08_retrain.ipynb #b6da2ef3
+# %% ../nbs/08_retrain.ipynb #a5a55976
 def compare_on_holdout(
     spec,                 # the problem spec: target, task, primary metric
     champion: tuple,      # (model, contract, threshold) of the served model
@@ -70,17 +70,11 @@ def compare_on_holdout(
     "Both models on the same holdout rows, the challenger's advantage with a paired bootstrap interval: {'promote', 'reason', ...}"
     metric = spec.primary_metric
     sign = 1.0 if METRICS[metric].greater_is_better else -1.0
-    keep = pd.Series(True, index=holdout.index)
-    for _, contract, _ in (champion, challenger):  # rows either model cannot take are left out, and counted
-        ok, _ = validate_rows(holdout, contract)
-        keep &= holdout.index.isin(ok.index)
-    rows = holdout[keep]
-    if len(rows) < 2: raise ValueError(f"{len(holdout) - len(rows):,} of {len(holdout):,} holdout rows break a model's contract: nothing to compare on")
-    scored = []
-    for model, contract, _ in (champion, challenger):
-        typed, _ = validate_rows(rows, contract)
-        scored.append(scored_rows(model, spec, typed, contract["features"]))
-    (y, s_champ), (_, s_chal) = scored
+    typed = [validate_rows(holdout, contract)[0] for _, contract, _ in (champion, challenger)]  # each in its model's types
+    both = typed[0].index.intersection(typed[1].index)  # rows either model cannot take are left out, and counted
+    if len(both) < 2: raise ValueError(f"{len(holdout) - len(both):,} of {len(holdout):,} holdout rows break a model's contract: nothing to compare on")
+    (y, s_champ), (_, s_chal) = (scored_rows(model, spec, t.loc[both], contract["features"])
+                                 for (model, contract, _), t in zip((champion, challenger), typed))
     classes = getattr(champion[0], "classes_", None)
     on = lambda s, t, idx: metric_on_resamples(spec, metric, y, s, idx, classes=classes, threshold=t)
     everyone = np.arange(len(y))[None, :]
@@ -96,7 +90,7 @@ def compare_on_holdout(
               f"champion: an advantage of {num(sign * (v_chal - v_champ))}, at least {num(low)} at {1 - alpha:.0%} confidence "
               f"(paired bootstrap, {len(gain):,} resamples), {'beyond' if better else 'not beyond'} the margin of {num(min_improvement)}")
     return {"metric": metric, "champion": v_champ, "challenger": v_chal, "advantage": sign * (v_chal - v_champ), "low": low,
-            "p_value": p, "alpha": alpha, "rows": int(len(y)), "left_out": int(len(holdout) - len(rows)), "promote": better, "reason": reason}
+            "p_value": p, "alpha": alpha, "rows": int(len(y)), "left_out": int(len(holdout) - len(both)), "promote": better, "reason": reason}
 
 # %% ../nbs/08_retrain.ipynb #e1fcbee6
 def holdout_versus(
