@@ -71,28 +71,30 @@ def check_sync(
         problems.append("README.md: not what nbs/index.ipynb renders to: run `make readme` and commit it")
     return problems
 
-# %% ../nbs/09_cli.ipynb #9e9a98e4
+# %% ../nbs/09_cli.ipynb #6355033b
+def _settings_options(
+    p: argparse.ArgumentParser,  # a command's parser
+    set_help: str,               # what --set does for this command
+) -> None:
+    "The --settings and --set options that run, monitor and retrain share"
+    p.add_argument("--settings", default=None, help="settings file (default: settings.ini at the project root)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=set_help)
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlflow-template", description="Run and check the notebook-first ML pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the pipeline's runbooks with papermill into reports/<run_id>/")
-    r.add_argument("--settings", default=None, help="settings file (default: settings.ini at the project root)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting for this run; repeatable")
+    _settings_options(r, "override one setting for this run; repeatable")
     r.add_argument("--stages", default=None, help="comma-separated stages to run, e.g. train,evaluate (default: all)")
     r.add_argument("--run-dir", default=None, help="run into this folder (e.g. reports/latest to rerun monitoring)")
     m = sub.add_parser("monitor", help="check current data with the served model (the monitor stage, into a run folder); "
                                        "exit 0: no alert, 1: alerts fired, 2: the check could not run")
-    m.add_argument("--settings", default=None, help="settings file (default: settings.ini at the project root)")
-    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting, e.g. monitor.current_source=data/logs/*.jsonl; repeatable")
+    _settings_options(m, "override one setting, e.g. monitor.current_source=data/logs/*.jsonl; repeatable")
     m.add_argument("--run-dir", default="reports/latest", help="the run whose reference and model to check against "
                                                                "(default: reports/latest)")
     rt = sub.add_parser("retrain", help="retrain the served model on its reference data plus the service's labelled predictions; "
                                         "promote the challenger only if better on the newest of them beyond noise")
-    rt.add_argument("--settings", default=None, help="settings file (default: settings.ini at the project root)")
-    rt.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override one setting for the retraining run; repeatable")
+    _settings_options(rt, "override one setting for the retraining run; repeatable")
     rt.add_argument("--feedback", default="data/logs/*.jsonl", help="the prediction log(s) whose feedback to learn from "
                                                                    "(default: data/logs/*.jsonl)")
     rt.add_argument("--holdout-share", type=float, default=0.3, help="the newest share of labelled predictions that judges (default: 0.3)")

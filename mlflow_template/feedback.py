@@ -30,7 +30,7 @@ def _split_id(pid) -> tuple | None:
     rid, _, pos = pid.rpartition("-")
     return (rid, int(pos)) if len(rid) == 16 and pos.isdigit() and len(pos) < 10 else None
 
-# %% ../nbs/07_feedback.ipynb #83957cd4
+# %% ../nbs/07_feedback.ipynb #ffb72497
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, records INTEGER NOT NULL, ts TEXT NOT NULL, model TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS feedback (prediction_id TEXT PRIMARY KEY, truth TEXT NOT NULL, ts TEXT NOT NULL);
@@ -80,9 +80,7 @@ def refused_frame(
     "Every refused request of these stores: ts (UTC), route, status, latency_ms"
     rows = []
     for s in stores:
-        with _transaction(s, write=False) as con:
-            has = con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'refused'").fetchone()[0]
-            if has: rows += con.execute("SELECT ts, route, status, latency_ms FROM refused").fetchall()
+        with _transaction(s, write=False) as con: rows += con.execute("SELECT ts, route, status, latency_ms FROM refused").fetchall()
     out = pd.DataFrame(rows, columns=["ts", "route", "status", "latency_ms"])
     return out.assign(ts=pd.to_datetime(out["ts"], utc=True, format="ISO8601"))
 
