@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -121,3 +123,46 @@ def good_run(project):
     assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
     run_dir = project.path / r.stdout.strip().splitlines()[-1]
     return SimpleNamespace(result=r, dir=run_dir, record=json.loads((run_dir / "run.json").read_text()))
+
+
+class RunsTogether:
+    "Commands started at once on first use, each waited for when asked (a pipeline run is mostly kernels starting, which two cores overlap)"
+    def __init__(self, commands: dict, cwd: Path, env: dict):
+        self.commands, self.cwd, self.env, self.done, self.procs = commands, Path(cwd), env, {}, {}
+
+    def __getitem__(self, key) -> SimpleNamespace:
+        "The finished run of `key`: returncode, stdout, stderr"
+        if not self.procs:
+            for i, (k, cmd) in enumerate(self.commands.items()):  # output to files: a full pipe would stall a run
+                out, err = (open(self.cwd / f"together-{i}.{x}", "w+") for x in ("out", "err"))
+                self.procs[k] = (subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=err, text=True), out, err)
+        if key not in self.done:
+            proc, out, err = self.procs[key]
+            proc.wait(timeout=900)
+            out.seek(0); err.seek(0)
+            self.done[key] = SimpleNamespace(returncode=proc.returncode, stdout=out.read(), stderr=err.read())
+            out.close(); err.close()
+        return self.done[key]
+
+
+class _Hook(BaseHTTPRequestHandler):
+    "A local webhook: answers 500 to the first post, 200 to the others, and keeps what it received"
+    received: list = []
+
+    def do_POST(self):
+        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(500 if len(_Hook.received) == 1 else 200)
+        self.end_headers()
+
+    def log_message(self, *args): pass
+
+
+@pytest.fixture
+def hook():
+    "A local webhook server: (its URL, with a secret-looking query; the list of JSON bodies it received)"
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received = []
+    yield f"http://127.0.0.1:{server.server_port}/alerts?token=not-in-any-report", _Hook.received
+    server.shutdown()
+    server.server_close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 from sklearn import datasets
 
-from conftest import BIN, ROOT, bentoml_serve, copy_project
+from conftest import BIN, ROOT, RunsTogether, bentoml_serve, copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -82,19 +81,11 @@ def project(tmp_path_factory):
 _runs = {}
 
 def run_on(project, name: str):
-    "The whole pipeline on one data set's settings file, run once per session (a failed run is not repeated)"
-    if not _runs:  # all three start at once: a run is mostly kernels starting and importing, which two cores overlap well
-        for n in DATASETS:
-            out, err = (open(project.path / f"run-{n}.{k}", "w+") for k in ("out", "err"))
-            _runs[n] = (subprocess.Popen([str(BIN / "mlflow-template"), "run", "--settings", f"settings/{n}.ini"],
-                                         cwd=project.path, env=project.env, stdout=out, stderr=err, text=True), out, err)
-    if isinstance(_runs[name], tuple):
-        proc, out, err = _runs[name]
-        proc.wait(timeout=900)
-        out.seek(0); err.seek(0)
-        _runs[name] = SimpleNamespace(returncode=proc.returncode, stdout=out.read(), stderr=err.read())
-        out.close(); err.close()
-    r = _runs[name]
+    "The whole pipeline on one data set's settings file, run once per session (a failed run is not repeated); all three start together"
+    if "runs" not in _runs:
+        _runs["runs"] = RunsTogether({n: [str(BIN / "mlflow-template"), "run", "--settings", f"settings/{n}.ini"] for n in DATASETS},
+                                     project.path, project.env)
+    r = _runs["runs"][name]
     assert r.returncode == 0, f"{name}: stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
     d = project.path / r.stdout.strip().splitlines()[-1]
     return SimpleNamespace(dir=d, record=json.loads((d / "run.json").read_text()), read=lambda f: json.loads((d / f).read_text()))

@@ -7,37 +7,12 @@ receives the alerts on the retry), an unchanged batch (exit 0, nothing sent), an
 """
 from __future__ import annotations
 
-import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import pytest
 
 from conftest import cli
-
-
-class _Hook(BaseHTTPRequestHandler):
-    "A local webhook: answers 500 to the first post, 200 to the others, and keeps what it received"
-    received: list = []
-
-    def do_POST(self):
-        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(500 if len(_Hook.received) == 1 else 200)
-        self.end_headers()
-
-    def log_message(self, *args): pass
-
-
-@pytest.fixture
-def hook():
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Hook.received = []
-    yield f"http://127.0.0.1:{server.server_port}/alerts?token=not-in-any-report", _Hook.received
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-from types import SimpleNamespace
 
 import httpx
 import nbformat
@@ -15,7 +14,7 @@ import pytest
 
 from mlflow_template.synthetic import make_churn
 
-from conftest import BIN, ROOT, SMALL, bentoml_serve, cli
+from conftest import BIN, ROOT, SMALL, RunsTogether, bentoml_serve, cli
 
 pytestmark = pytest.mark.slow
 
@@ -175,20 +174,13 @@ _refused_runs = {}
 
 
 def _refused_run(project, why: str):
-    "Both runs start together on first use (each is mostly kernels starting, which two cores overlap); the finished run"
+    "Both runs start together on first use; the store's versions before either are kept to compare with"
     if not _refused_runs:
-        _refused_runs["versions before"] = _versions(project)  # the store before either run
-        for w, extra in REFUSED.items():
-            out, err = (open(project.path / f"refused-{len(_refused_runs)}.{k}", "w+") for k in ("out", "err"))
-            cmd = [str(BIN / "mlflow-template"), "run", *SMALL, *extra, "--stages", "scope,acquire,prepare,train,evaluate,deploy"]
-            _refused_runs[w] = (subprocess.Popen(cmd, cwd=project.path, env=project.env, stdout=out, stderr=err, text=True), out, err)
-    if isinstance(_refused_runs[why], tuple):
-        proc, out, err = _refused_runs[why]
-        proc.wait(timeout=900)
-        out.seek(0); err.seek(0)
-        _refused_runs[why] = SimpleNamespace(returncode=proc.returncode, stdout=out.read(), stderr=err.read())
-        out.close(); err.close()
-    return _refused_runs[why]
+        _refused_runs["versions before"] = _versions(project)
+        _refused_runs["runs"] = RunsTogether({w: [str(BIN / "mlflow-template"), "run", *SMALL, *extra, "--stages",
+                                                  "scope,acquire,prepare,train,evaluate,deploy"] for w, extra in REFUSED.items()},
+                                             project.path, project.env)
+    return _refused_runs["runs"][why]
 
 
 @pytest.mark.parametrize("why", list(REFUSED))

@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from conftest import bentoml_serve, cli
-from test_monitor_cli import hook  # noqa: F401  (the local webhook fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +49,7 @@ def _send(url: str, records: list, truth: list) -> str:
     return tag
 
 
-def test_drift_feedback_alert_retrain_promote_and_refuse(project, good_run, tmp_path, hook, monkeypatch):  # noqa: F811
+def test_drift_feedback_alert_retrain_promote_and_refuse(project, good_run, tmp_path, hook, monkeypatch):
     url_hook, received = hook
     proj = tmp_path / "project"
     shutil.copytree(project.path, proj, symlinks=True)  # settings, runbooks, the run and the store with its champion
