@@ -3,7 +3,8 @@
 Builds (in a temporary folder) a run folder as the pipeline leaves it, from `--rows` rows of the default data
 prepared as the prepare stage does (train, valid and test splits together are the reference), with a default-like
 model (the project's preprocessor and LogisticRegression, fitted on 100,000 training rows) promoted into a
-temporary BentoML store, and a current batch of `--rows` labelled rows drawn with `concept=0.8` and
+temporary BentoML store with the whole reference stored with it (as deploy stores its sample of `reference_rows`,
+here every row) and its held-out test scores, and a current batch of `--rows` labelled rows drawn with `concept=0.8` and
 `monthly_charges` shifted, written to Parquet. Then runs the real `mlflow-template monitor --run-dir ...` as a
 subprocess (papermill, its kernel, the HTML report: the whole stage) and measures its wall time and peak memory
 (the resident memory of the process tree, polled every 20 ms), the median of `--repeats` runs. The command exits 1
@@ -19,6 +20,8 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
@@ -37,6 +40,7 @@ def build_run(d: Path, rows: int) -> tuple[Path, Path, dict]:
     from sklearn.base import clone
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
+    from mlflow_template.concept import scored_rows, scores_frame
     from mlflow_template.deploy import save_model, use_store
     from mlflow_template.modelfile import dump_model
     from mlflow_template.runfolder import RunFolder
@@ -54,7 +58,10 @@ def build_run(d: Path, rows: int) -> tuple[Path, Path, dict]:
     run.write_json("metrics.json", {"threshold": 0.5})
     dump_model(model, run.file("model.skops"))
     with use_store(d / "bentoml"):
-        save_model(model, name="churn_model", contract=prep.contract, metrics={}, metadata={"run_id": "run"})
+        reference = pd.concat([prep.train, prep.valid, prep.test], ignore_index=True)
+        save_model(model, name="churn_model", contract=prep.contract, metrics={}, reference=reference,
+                   heldout=scores_frame(scored_rows(model, spec, prep.test, feats)),
+                   metadata={"run_id": "run", "spec": spec.to_dict(), "threshold": 0.5})
     batch = d / "batch.parquet"
     sd = prep.train["monthly_charges"].std()
     make_churn(rows, seed=7, concept=0.8, shift={"monthly_charges": 0.5 * sd}).to_parquet(batch)
@@ -76,11 +83,12 @@ def main():
         for i in range(args.repeats):
             runs.append(run_once(cmd, env, ok=(1,)))  # 1: alerts fired, as they must on this batch
             print(f"run {i + 1}: {runs[-1][0]:.1f} s, peak {runs[-1][1]:,.0f} MiB", flush=True)
-        alerts = (run / "alerts.json").read_text()
+        alerts, report = (run / "alerts.json").read_text(), (run / "08_monitor.html").read_text()
     wall, peak = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
     print(f"\n{args.rows:,} current rows against {args.rows:,} reference rows: {wall:.1f} s, peak {peak:,.0f} MiB "
           f"(median of {args.repeats}); targets for 1,000,000: < 60 s, < 3 GB")
     assert "concept_drift" in alerts and "monthly_charges" in alerts, alerts[:2000]
+    assert "rows of its training snapshot, stored with it" in report  # the reference came from the store
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def check_sync(
         problems.append("README.md: not what nbs/index.ipynb renders to: run `make readme` and commit it")
     return problems
 
-# %% ../nbs/09_cli.ipynb #6355033b
+# %% ../nbs/09_cli.ipynb #c32b3fe3
 def _settings_options(
     p: argparse.ArgumentParser,  # a command's parser
     set_help: str,               # what --set does for this command
@@ -79,6 +79,8 @@ def _settings_options(
     "The --settings and --set options that run, monitor and retrain share"
     p.add_argument("--settings", default=None, help="settings file (default: settings.ini at the project root)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=set_help)
+
+_MONITOR_RUN_DIR = "reports/latest"  # where `monitor` writes its check unless told
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlflow-template", description="Run and check the notebook-first ML pipeline.")
@@ -90,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("monitor", help="check current data with the served model (the monitor stage, into a run folder); "
                                        "exit 0: no alert, 1: alerts fired, 2: the check could not run")
     _settings_options(m, "override one setting, e.g. monitor.current_source=data/logs/*.jsonl; repeatable")
-    m.add_argument("--run-dir", default="reports/latest", help="the run whose reference and model to check against "
-                                                               "(default: reports/latest)")
+    m.add_argument("--run-dir", default=_MONITOR_RUN_DIR, help="the run folder the check is written into (default: reports/latest; "
+                   "when that is not a pipeline run, reports/champion: the served model carries its own reference)")
     rt = sub.add_parser("retrain", help="retrain the served model on its reference data plus the service's labelled predictions; "
                                         "promote the challenger only if better on the newest of them beyond noise")
     _settings_options(rt, "override one setting for the retraining run; repeatable")
@@ -127,9 +129,16 @@ def _monitor(
     import json
     from mlflow_template.runner import run_pipeline
     run_dir = Path(args.run_dir) if Path(args.run_dir).is_absolute() else project_root() / args.run_dir
-    if not (run_dir / "spec.json").is_file():
-        print(f"error: {args.run_dir} is not a pipeline run (no spec.json): run `make run` first, or pass --run-dir", file=sys.stderr)
-        return 2
+    if not (run_dir / "spec.json").is_file():  # no run: fine when a model is served, it carries its reference and spec
+        from mlflow_template.deploy import load_model, served_name
+        from mlflow_template.settings import load_parameters
+        try: tag = load_model(served_name(load_parameters(args.settings, args.overrides)["monitor"]["model_name"]))[2]["tag"]
+        except LookupError as e:
+            print(f"error: {args.run_dir} is not a pipeline run (no spec.json) and no model is served to check: {e}", file=sys.stderr)
+            return 2
+        run_dir = project_root() / "reports" / "champion" if args.run_dir == _MONITOR_RUN_DIR else run_dir
+        print(f"{args.run_dir} is not a pipeline run: checking the served {tag} against the reference stored with it, "
+              f"into {run_dir}")
     record = run_pipeline(args.settings, args.overrides, ["monitor"], run_dir, link_latest=False)
     run_dir = Path(record["run_dir"])
     if record["status"] != "ok":

@@ -15,7 +15,7 @@ from .metrics import METRICS, compute_metrics, metric_on_resamples
 from .scope import ProblemSpec
 
 # %% auto #0
-__all__ = ['labelled_performance', 'scored_rows', 'concept_drift']
+__all__ = ['labelled_performance', 'scored_rows', 'concept_drift', 'scores_frame', 'frame_scores', 'scored_performance']
 
 # %% ../nbs/08_concept.ipynb #edbea025
 def labelled_performance(
@@ -85,3 +85,38 @@ def concept_drift(
     p = float(stats.norm.cdf(sign * diff / se)) if se > 0 else float(sign * diff < 0)  # small when the current is worse
     return {"metric": metric, "reference": ref, "current": cur, "difference": diff, "low": diff - z * se, "high": diff + z * se,
             "p_value": p, "alpha": alpha, "reference_rows": int(len(yr)), "current_rows": int(len(yc)), "drifted": bool(p < alpha)}
+
+# %% ../nbs/08_concept.ipynb #f6647a00
+def scores_frame(
+    scored: tuple,  # (y, scores) from `scored_rows`
+    classes=None,   # multiclass: the model's classes, in the order of the probability columns
+) -> pd.DataFrame:
+    "`scored` as a table to store: `y`, then `score` (binary: P(positive); regression: the prediction) or one `p:<class>` column per class"
+    y, s = np.asarray(scored[0]), np.asarray(scored[1], dtype=float)
+    if s.ndim == 2:
+        if classes is None or len(classes) != s.shape[1]: raise ValueError(f"{s.shape[1]} probability columns need as many classes, got {classes!r}")
+        return pd.DataFrame({"y": y, **{f"p:{c}": s[:, i] for i, c in enumerate(classes)}})
+    return pd.DataFrame({"y": y, "score": s})
+
+def frame_scores(
+    frame: pd.DataFrame,  # a table from `scores_frame`
+) -> tuple:
+    "(y, scores, classes) from a `scores_frame` table; classes is None unless it holds class probabilities"
+    probs = [c for c in frame.columns if str(c).startswith("p:")]
+    if not {"y"} <= set(frame.columns) or not (probs or "score" in frame.columns):
+        raise ValueError(f"not a table of held-out scores (y with score or p:<class> columns): columns {list(frame.columns)}")
+    if probs: return frame["y"].to_numpy(), frame[probs].to_numpy(dtype=float), np.array([c[2:] for c in probs], dtype=object)
+    return frame["y"].to_numpy(), frame["score"].to_numpy(dtype=float), None
+
+def scored_performance(
+    spec: ProblemSpec,  # the primary metric, task and positive class
+    name: str,          # what the rows are, for the `data` column
+    scored: tuple,      # (y, scores) as `scored_rows` or `frame_scores` give them
+    *,
+    classes=None,       # multiclass: the classes of the probability columns
+    threshold: float | None = None,  # binary: the decision threshold (None: 0.5)
+) -> pd.DataFrame:
+    "The primary metric of already-scored labelled rows, in `labelled_performance`'s columns"
+    y, s = scored[0], scored[1]
+    value = metric_on_resamples(spec, spec.primary_metric, y, s, np.arange(len(y))[None, :], classes=classes, threshold=threshold)[0]
+    return pd.DataFrame([{"data": name, "labelled rows": int(len(y)), "labelled (share of rows)": 1.0, spec.primary_metric: float(value)}])

@@ -14,7 +14,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['project_root', 'rel', 'atomic_path', 'plain', 'write_json', 'read_json', 'write_parquet', 'sha256_file',
-           'sha256_frame', 'package_versions']
+           'sha256_frame', 'sample_positions', 'package_versions']
 
 # %% ../nbs/00_core.ipynb #10efc754
 def project_root(
@@ -125,6 +125,16 @@ def sha256_frame(
         rows = pd.util.hash_pandas_object(df.assign(**nested), index=False)
     h.update(rows.to_numpy().tobytes())
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #bfc6c9be
+def sample_positions(
+    n: int,         # how many rows there are
+    max_rows: int,  # keep at most this many
+    seed: int,      # the seed of the draw: the same n, max_rows and seed give the same rows
+) -> np.ndarray:
+    "Sorted positions of at most `max_rows` of `n` rows, drawn without replacement (all of them when `n <= max_rows`)"
+    if max_rows < 1: raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    return np.arange(n) if n <= max_rows else np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
 
 # %% ../nbs/00_core.ipynb #81b96b78
 _KEY_PACKAGES = ("mlflow_template", "pandas", "numpy", "scikit-learn", "scipy", "statsmodels", "seaborn",

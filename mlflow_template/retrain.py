@@ -145,7 +145,7 @@ def dedup_override(
     "The override of a retraining run for repeated ids: the newest row wins (`last`) unless every row is kept"
     return ["prepare.duplicate_keep=last"] if keep == "first" else []
 
-# %% ../nbs/08_retrain.ipynb #9e6f4d5d
+# %% ../nbs/08_retrain.ipynb #4d61e2c9
 RETRAIN_STAGES = ("scope", "acquire", "prepare", "train", "evaluate", "deploy")  # explore and monitor do not decide
 
 def retrain(
@@ -158,7 +158,7 @@ def retrain(
     echo=print,                          # where progress lines go
 ) -> dict:
     "Retrain the served model on its reference data plus labelled predictions; promote only a challenger better on the newest rows"
-    from mlflow_template.deploy import load_model, served_name
+    from mlflow_template.deploy import load_model, served_name, stored_reference
     from mlflow_template.runner import run_pipeline
     from mlflow_template.settings import load_parameters
     root = project_root()
@@ -168,14 +168,17 @@ def retrain(
     if wanted != name: raise ValueError(f"the settings deploy {wanted!r} but the store serves {name!r}: set model_name = {name}")
     _, contract, info = load_model(name)
     base = root / "reports" / str(info["metadata"].get("run_id")) / "raw.parquet"
-    if not base.is_file(): raise FileNotFoundError(f"the champion {info['tag']} was trained from {base}, which is gone: retraining needs its reference data")
+    if base.is_file(): reference, whence = pd.read_parquet(base), f"its run's raw snapshot ({base.parent.name})"
+    elif (reference := stored_reference(info)[0]) is not None:
+        whence = f"the sample of its training snapshot stored with it (its run folder {base.parent.name} is gone)"
+    else: raise FileNotFoundError(f"the champion {info['tag']} was trained from {base}, which is gone, and has no reference "
+                                  "stored with it: retraining needs its reference data")
     rows = labelled_rows(source if Path(source).is_absolute() or "://" in source else str(root / source), contract)
     older, recent = split_recent(rows, holdout_share, min_holdout)
     folder = root / "data" / "interim" / "retrain" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    reference = pd.read_parquet(base)
     write_parquet(folder / "train_source.parquet", training_table(reference, older, contract))
     write_parquet(folder / "holdout.parquet", training_table(reference.iloc[:0], recent, contract))
-    echo(f"retraining {info['tag']}: {len(reference):,} reference rows + {len(older):,} labelled predictions; "
+    echo(f"retraining {info['tag']}: {len(reference):,} reference rows ({whence}) + {len(older):,} labelled predictions; "
          f"holdout: the newest {len(recent):,} ({folder.relative_to(root)})")
     t0 = time.monotonic()
     record = run_pipeline(settings, [*overrides, f"acquire.source={folder / 'train_source.parquet'}", "acquire.format=parquet",
@@ -185,7 +188,7 @@ def retrain(
     run_dir = Path(record["run_dir"])
     deployed = read_json(run_dir / "deploy.json") if (run_dir / "deploy.json").is_file() else None
     summary = {"status": record["status"], "champion": info["tag"], "base_run": info["metadata"].get("run_id"),
-               "reference_rows": len(reference), "labelled": len(rows), "trained_on_new": len(older), "holdout_rows": len(recent),
+               "reference_rows": len(reference), "reference": whence, "labelled": len(rows), "trained_on_new": len(older), "holdout_rows": len(recent),
                "source": source, "folder": str(folder.relative_to(root)), "seconds": round(time.monotonic() - t0, 1),
                "promoted": bool(deployed and deployed.get("promoted")), "tag": deployed.get("tag") if deployed else None,
                "reason": deployed.get("reason") if deployed else "the pipeline did not reach the deploy stage"}

@@ -2,8 +2,8 @@
 
 A copy of the shared small run (its served model is in the project's store) is checked three times through the
 command, as cron or CI would call it: a drifted, labelled batch (exit 1; a local webhook answers 500 once, then
-receives the alerts on the retry), an unchanged batch (exit 0, nothing sent), and a source that cannot be read
-(exit 2, the reason on stderr).
+receives the alerts on the retry), an unchanged batch checked into a folder that is no run (exit 0, nothing sent:
+the served model carries its own reference), and a source that cannot be read (exit 2, the reason on stderr).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def test_monitor_command_exit_codes_and_webhook(project, good_run, tmp_path, hoo
     run = tmp_path / good_run.dir.name  # the same name: the served model was promoted (and refitted) by this run
     shutil.copytree(good_run.dir, run, symlinks=True)
     env = {**project.env, "ALERTS_HOOK": url}
-    monitor = lambda *sets: cli(SimpleNamespace(path=project.path, env=env), "monitor", "--run-dir", str(run),
-                                "--set", "monitor.webhook_env=ALERTS_HOOK", *[a for s in sets for a in ("--set", s)])
+    monitor = lambda *sets, into=run: cli(SimpleNamespace(path=project.path, env=env), "monitor", "--run-dir", str(into),
+                                          "--set", "monitor.webhook_env=ALERTS_HOOK", *[a for s in sets for a in ("--set", s)])
 
     drifted = monitor()  # the small run's batch: monthly_charges shifted, labels drawn with concept=0.8
     assert drifted.returncode == 1, drifted.stderr[-2000:]
@@ -35,9 +35,12 @@ def test_monitor_command_exit_codes_and_webhook(project, good_run, tmp_path, hoo
     report = (run / "08_monitor.html").read_text()
     assert "delivered by ALERTS_HOOK: HTTP 200" in report and "not-in-any-report" not in report
 
-    quiet = monitor("monitor.current_source=synthetic://churn?rows=1500&seed=8")  # the training distribution
+    # the training distribution, checked into a folder that is no run: the served model brings its own reference
+    quiet = monitor("monitor.current_source=synthetic://churn?rows=1500&seed=8", into=tmp_path / "elsewhere")
     assert quiet.returncode == 0, quiet.stdout[-2000:] + quiet.stderr[-2000:]
     assert "no alerts" in quiet.stdout and len(received) == 2  # nothing sent
+    assert "is not a pipeline run: checking the served churn_model:" in quiet.stdout
+    assert "rows of its training snapshot, stored with it" in (tmp_path / "elsewhere" / "08_monitor.html").read_text()
 
     broken = monitor(f"monitor.current_source={tmp_path / 'no_such_batch.csv'}")
     assert broken.returncode == 2 and "no_such_batch.csv" in broken.stderr, broken.stderr[-2000:]

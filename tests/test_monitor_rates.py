@@ -20,6 +20,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from mlflow_template.concept import scored_rows
 from mlflow_template.monitor import check_batch
 from mlflow_template.synthetic import make_churn
 
@@ -37,12 +38,12 @@ def default():
     model = Pipeline([("prep", clone(prep.preprocessor)), ("model", LogisticRegression(max_iter=1000))])
     model.fit(dev[feats], dev[spec.target])
     reference = pd.concat([prep.train, prep.valid, prep.test], ignore_index=True)
-    return reference, prep.test, model, prep.contract, spec
+    return reference, scored_rows(model, spec, prep.test, feats), model, prep.contract, spec
 
 
 def _check(default, batch: pd.DataFrame):
-    reference, test, model, contract, spec = default
-    return check_batch(reference, batch, model, contract, spec, held_out=(model, test))
+    reference, held_out, model, contract, spec = default
+    return check_batch(reference, batch, model, contract, spec, held_out=held_out)
 
 
 @pytest.mark.slow

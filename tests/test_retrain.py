@@ -1,6 +1,7 @@
 """The loop closed through real processes: a served model, drifted traffic and its feedback over HTTP, the monitor
 command (exit 1, the webhook receives the alerts, concept drift starts retraining), a better challenger promoted and
-picked up by the running service without a refused request, then an equally good challenger refused.
+picked up by the running service without a refused request, then an equally good challenger refused (trained from
+the reference stored with the champion, its run folder deleted).
 
 The project is a copy of the shared small run's project (its store holds the served champion), so the shared run is
 left as it was for the tests that read it."""
@@ -91,8 +92,10 @@ def test_drift_feedback_alert_retrain_promote_and_refuse(project, good_run, tmp_
             time.sleep(0.05)
         assert seen[-1] == (200, new_tag) and {s for s, _ in seen} == {200}, seen[-5:]
 
+        shutil.rmtree(retrain_run)  # the champion's run folder is gone: it retrains from the reference stored with it
         again = cli(here, "retrain", "--feedback", str(log), *[a for s in FAST for a in ("--set", s)], timeout=900)
         assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert f"stored with it (its run folder {retrain_run.name} is gone)" in again.stdout, again.stdout[-2000:]
         assert "not promoted" in again.stdout, again.stdout[-2000:]  # retrained on the same rows: as good is not better
         with d.use_store(proj / "bentoml_home"):
             assert d.load_model("churn_model")[2]["tag"] == new_tag  # the champion stays

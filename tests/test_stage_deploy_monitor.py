@@ -2,6 +2,8 @@
 quarantined rows kept with their reasons, and the service finding its model in the store alone."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,23 +108,30 @@ def _batch(data: pd.DataFrame) -> pd.DataFrame:
 
 def test_monitor_watches_the_served_champion_not_this_runs_model(tmp_path, store, data):
     """Slip: the monitor scored the model of the run it belongs to (model.skops) even when that model was never
-    promoted; it must watch the model being served, with its contract and its deployed threshold."""
-    champion = fit(data.iloc[:1200])
-    served = deploy.promote(make_run(tmp_path / "r1", champion, data, threshold=0.35), NAME)
+    promoted; it must watch the model being served, with its contract, its deployed threshold and the reference
+    promoted with it, even when the run that trained it is gone."""
+    champion, first = fit(data.iloc[:1200]), make_run(tmp_path / "r1", fit(data.iloc[:1200]), data, threshold=0.35)
+    snapshot = monitor.reference_data(first)
+    served = deploy.promote(first, NAME)
     assert served["promoted"]
+    shutil.rmtree(first.path)  # the champion's run folder is gone: what the monitor needs travels with the model
     weak = fit(data.iloc[:150], C=0.001)  # this run's model: worse, so not promoted
-    run = make_run(tmp_path / "r2", weak, data, threshold=0.8)
+    run = make_run(tmp_path / "r2", weak, data.iloc[::-1].reset_index(drop=True), threshold=0.8)
     assert not deploy.promote(run, NAME)["promoted"]
 
-    model, contract, info = monitor.watched_model(NAME, run)
-    assert (info["model"], info["tag"], info["threshold"]) == (served["tag"], served["tag"], 0.35)
-    check = monitor.check_batch(monitor.reference_data(run), _batch(data), model, contract, SPEC, threshold=info["threshold"])
-    monitor.write_check(run, check, "synthetic://later", info["model"])
+    w = monitor.watched_model(NAME, run)
+    assert (w.info["model"], w.info["tag"], w.info["threshold"]) == (served["tag"], served["tag"], 0.35)
+    assert w.reference.customer_id.tolist() == snapshot.customer_id.tolist()  # r1's splits, not r2's (another order)
+    test = data.iloc[1600:]  # r1's test split, scored by the model as evaluated (before the refit)
+    assert list(w.held_out[1]) == pytest.approx(list(champion.predict_proba(test[FEATURES])[:, 1]))
+    check = monitor.check_batch(w.reference, _batch(data), w.model, w.contract, w.spec, threshold=w.info["threshold"],
+                                held_out=w.held_out)
+    monitor.write_check(run, check, "synthetic://later", w.info["model"])
     assert run.read_json("drift.json")["model"] == served["tag"]
 
     def pred_drift(m):
         scores = lambda df: predict_table(m, df[FEATURES], "binary", "Yes").probability
-        return monitor.prediction_drift(scores(monitor.reference_data(run)), scores(check.accepted))
+        return monitor.prediction_drift(scores(snapshot), scores(check.accepted))
     in_store = deploy.load_model(NAME)[0]  # the champion as served: refitted on every row of its run at promotion
     assert served["fitted_on"]["refitted"]
     assert check.prediction == pred_drift(in_store)
@@ -134,12 +143,12 @@ def test_monitor_watches_the_served_champion_not_this_runs_model(tmp_path, store
 
 def test_monitor_falls_back_to_this_runs_model_and_says_so(tmp_path, store, data):
     run = make_run(tmp_path / "r", fit(data.iloc[:1200]), data, threshold=0.4)
-    model, contract, info = monitor.watched_model(NAME, run)
-    assert (info["model"], info["tag"], info["threshold"]) == ("this run's model (not promoted)", None, 0.4)
-    assert f"no model is served as {NAME!r}" in info["note"]
-    assert contract == run.read_json("contract.json")
-    check = monitor.check_batch(monitor.reference_data(run), _batch(data), model, contract, SPEC, threshold=0.4)
-    monitor.write_check(run, check, "synthetic://later", info["model"])
+    w = monitor.watched_model(NAME, run)
+    assert (w.info["model"], w.info["tag"], w.info["threshold"]) == ("this run's model (not promoted)", None, 0.4)
+    assert f"no model is served as {NAME!r}" in w.info["note"]
+    assert w.contract == run.read_json("contract.json") and len(w.reference) == len(data)
+    check = monitor.check_batch(w.reference, _batch(data), w.model, w.contract, SPEC, threshold=0.4)
+    monitor.write_check(run, check, "synthetic://later", w.info["model"])
     assert run.read_json("drift.json")["model"] == "this run's model (not promoted)"
 
 
@@ -200,10 +209,10 @@ def test_service_and_monitor_watch_the_same_model(tmp_path, store, data, monkeyp
                               metadata={"threshold": 0.3})
     monkeypatch.setenv("MLFLOW_TEMPLATE_MODEL_NAME", "served_other")
     served = service.make_service()().info["tag"]
-    _, _, watched = monitor.watched_model(NAME, run)  # the settings name the other model
+    watched = monitor.watched_model(NAME, run).info  # the settings name the other model
     assert served == watched["tag"] == other and watched["threshold"] == 0.3
     monkeypatch.delenv("MLFLOW_TEMPLATE_MODEL_NAME")
-    assert monitor.watched_model(NAME, run)[2]["tag"].startswith(f"{NAME}:")  # unset: the settings' name
+    assert monitor.watched_model(NAME, run).info["tag"].startswith(f"{NAME}:")  # unset: the settings' name
 
 
 def test_champion_is_scored_at_its_threshold_and_only_when_its_contract_fits(tmp_path, store, data):
@@ -219,7 +228,7 @@ def test_champion_is_scored_at_its_threshold_and_only_when_its_contract_fits(tmp
     assert "has positive_class 'Yes' where this run has 'No'" in flipped["reason"]
     run = make_run(tmp_path / "r", champion, data)
     run.write_json("contract.json", {**contract, "positive_class": "No"})
-    assert "has positive_class 'Yes' where this run has 'No'" in monitor.watched_model(NAME, run)[2]["note"]
+    assert "has positive_class 'Yes' where this run has 'No'" in monitor.watched_model(NAME, run).info["note"]
 
 
 def test_service_answers_with_the_deployed_threshold(data):
