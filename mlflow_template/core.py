@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['project_root', 'rel', 'atomic_path', 'plain', 'write_json', 'read_json', 'write_parquet', 'sha256_file',
-           'sha256_frame', 'sample_positions', 'package_versions']
+__all__ = ['project_root', 'rel', 'atomic_path', 'plain', 'write_json', 'read_json', 'read_json_or_none', 'write_parquet',
+           'sha256_file', 'sha256_frame', 'sample_positions', 'package_versions']
 
 # %% ../nbs/00_core.ipynb #10efc754
 def project_root(
@@ -78,7 +78,7 @@ def plain(
     if isinstance(o, Path): return o.as_posix()
     return str(o)
 
-# %% ../nbs/00_core.ipynb #4a143c13
+# %% ../nbs/00_core.ipynb #dd68adac
 def write_json(
     path: str | Path,  # where to write
     obj,               # anything `plain` turns into JSON: numpy scalars, dates and paths too; NaN becomes null
@@ -91,6 +91,11 @@ def write_json(
 def read_json(path: str | Path):
     "Read a JSON file written by `write_json`"
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+def read_json_or_none(path: str | Path):
+    "The JSON at `path`, or None when it is missing or unreadable (pages and summaries of runs that stopped half-way)"
+    try: return read_json(path) if Path(path).is_file() else None
+    except (OSError, ValueError): return None
 
 # %% ../nbs/00_core.ipynb #8a22077d
 def write_parquet(

@@ -9,24 +9,38 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['show_figure', 'show_table', 'fmt_value', 'md_table']
+__all__ = ['show_figure', 'figure_html', 'show_table', 'fmt_value', 'md_table']
 
-# %% ../nbs/00_report.ipynb #765a1d5d
+# %% ../nbs/00_report.ipynb #9d6ee3d8
+def _png(fig, caption: str, dpi: int = 100) -> bytes:
+    "`fig` (or an Axes' figure) as PNG bytes, closed afterwards; a figure without a caption is refused"
+    import io
+    import matplotlib.pyplot as plt
+    fig = getattr(fig, "figure", fig)
+    if not caption.strip(): raise ValueError("a figure needs a caption that says what to look for")
+    buf = io.BytesIO()  # rendered here, so the figure shows as PNG whatever matplotlib backend is active
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
 def show_figure(
     fig,           # a matplotlib Figure (or an Axes; its figure is used)
     caption: str,  # what the reader should look for
 ):
-    "Display `fig` followed by its caption, then close it so it is not shown twice"
-    import io
-    import matplotlib.pyplot as plt
+    "Display `fig` followed by its caption (also its alt text), then close it so it is not shown twice"
     from IPython.display import Image, Markdown, display
-    fig = getattr(fig, "figure", fig)
-    if not caption.strip(): raise ValueError("a figure needs a caption that says what to look for")
-    buf = io.BytesIO()  # rendered here, so the figure shows as PNG whatever matplotlib backend is active
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    display(Image(buf.getvalue()))
+    display(Image(_png(fig, caption), alt=caption.strip()))
     display(Markdown(f"*Figure: {caption.strip()}*"))
-    plt.close(fig)
+
+def figure_html(
+    fig,           # a matplotlib Figure (or an Axes)
+    caption: str,  # what the reader should look for
+) -> str:
+    "`fig` as a stand-alone HTML <figure>: an embedded PNG with the caption as its alt text and <figcaption>"
+    import base64, html
+    data = base64.b64encode(_png(fig, caption, dpi=90)).decode()
+    c = html.escape(caption.strip())
+    return f'<figure><img alt="{c}" src="data:image/png;base64,{data}"><figcaption>{c}</figcaption></figure>'
 
 def show_table(
     df: pd.DataFrame,  # the table
