@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup run test test-nbdev test-sync test-py serve bento manifests monitor retrain lab docs readme lock clean
+.PHONY: help setup run test test-nbdev test-sync test-py serve bento manifests monitor retrain lab ui docs readme lock clean
 
 help:
 	@echo "make run      set up if needed, then run the whole pipeline on the default data"
@@ -18,6 +18,7 @@ help:
 	@echo "make monitor  run the monitoring stage on the newest run"
 	@echo "make retrain  retrain on the service's labelled predictions; promote only a better challenger"
 	@echo "make lab      JupyterLab on this project, at http://127.0.0.1:$${PORT:-8888}"
+	@echo "make ui       MLflow's UI on the runs tracked in this project's store (mlruns/), at http://127.0.0.1:$${PORT:-5000}"
 	@echo "make readme   regenerate README.md from nbs/index.ipynb"
 	@echo "make clean    remove generated data, reports and the virtual environment"
 
@@ -60,6 +61,12 @@ retrain: $(STAMP)
 # jupyter refuses to run as root (containers, CI) unless told --allow-root.
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. --no-browser --ip 127.0.0.1 --port $${PORT:-8888} $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# MLflow's UI on the project's embedded tracking store (mlruns/mlflow.db, artifacts under mlruns/artifacts/), local only,
+# on $PORT (default 5000). With MLFLOW_TRACKING_URI set, runs go to that server instead: open its UI.
+ui: $(STAMP)
+	@mkdir -p mlruns/artifacts
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --artifacts-destination mlruns/artifacts --host 127.0.0.1 --port $${PORT:-5000}
 
 docs readme: $(STAMP)
 	$(BIN)/mlflow-template readme
