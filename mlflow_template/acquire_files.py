@@ -13,7 +13,7 @@ import pandas as pd
 from .acquire import env_secrets, expand_env, flatten_nested, records_of, redact, scrub
 
 # %% auto #0
-__all__ = ['PROGRESS_BYTES', 'read_files']
+__all__ = ['PROGRESS_BYTES', 'read_files', 'files_fingerprint']
 
 # %% ../nbs/02_acquire_files.ipynb #39e9c45e
 PROGRESS_BYTES = 64 * 2**20  # local files at least this large show a progress bar while they are read
@@ -152,3 +152,29 @@ def read_files(
             except (OSError, ConnectionError) as e: raise type(e)(scrub(str(e), secrets)) from None
             frames.append(_read_file(lp, fmt, name, records_key, flatten, progress))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+# %% ../nbs/02_acquire_files.ipynb #76938bc9
+_CHECKSUM_KEYS = ("ETag", "etag", "checksum", "md5", "md5Hash", "crc32c", "ContentMD5", "sha256")  # in fs.info, by store
+
+def files_fingerprint(
+    source: str,                  # a path, glob or fsspec URL (as `read_files` takes it)
+    storage_options: dict = None, # fsspec options for remote files
+) -> list | None:
+    "[[name, checksum], ...] of the files `source` names, sorted; None when one has no checksum (or cannot be listed)"
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+    from mlflow_template.core import sha256_file
+    try:
+        fs, path = fsspec.core.url_to_fs(expand_env(source), **(storage_options or {}))
+        local = isinstance(fs, LocalFileSystem)
+        paths = sorted(p for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file") if _has_magic(fs, path) else [path]
+        out = []
+        for p in paths:
+            if local: out.append([p, sha256_file(p)])
+            else:
+                info = fs.info(p)
+                found = next((str(info[k]) for k in _CHECKSUM_KEYS if info.get(k)), None)
+                if found is None: return None
+                out.append([p, found])
+        return out or None
+    except (OSError, ValueError, ImportError): return None  # read_files says what is wrong when acquire runs

@@ -71,7 +71,7 @@ def check_sync(
         problems.append("README.md: not what nbs/index.ipynb renders to: run `make readme` and commit it")
     return problems
 
-# %% ../nbs/09_cli.ipynb #c32b3fe3
+# %% ../nbs/09_cli.ipynb #11c8c5e0
 def _settings_options(
     p: argparse.ArgumentParser,  # a command's parser
     set_help: str,               # what --set does for this command
@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the pipeline's runbooks with papermill into reports/<run_id>/")
     _settings_options(r, "override one setting for this run; repeatable")
     r.add_argument("--stages", default=None, help="comma-separated stages to run, e.g. train,evaluate (default: all)")
+    r.add_argument("--force", nargs="?", const="all", default=None, metavar="STAGES",
+                   help="run these comma-separated stages (alone: every stage) even when an earlier run's result could be reused")
     r.add_argument("--run-dir", default=None, help="run into this folder (e.g. reports/latest to rerun monitoring)")
     m = sub.add_parser("monitor", help="check current data with the served model (the monitor stage, into a run folder); "
                                        "exit 0: no alert, 1: alerts fired, 2: the check could not run")
@@ -139,7 +141,7 @@ def _monitor(
         run_dir = project_root() / "reports" / "champion" if args.run_dir == _MONITOR_RUN_DIR else run_dir
         print(f"{args.run_dir} is not a pipeline run: checking the served {tag} against the reference stored with it, "
               f"into {run_dir}")
-    record = run_pipeline(args.settings, args.overrides, ["monitor"], run_dir, link_latest=False)
+    record = run_pipeline(args.settings, args.overrides, ["monitor"], run_dir, link_latest=False, force=True)  # a check runs now
     run_dir = Path(record["run_dir"])
     if record["status"] != "ok":
         why = next((e.get("error") for e in record["stages"] if e.get("error")), None) or record["status"]
@@ -152,6 +154,8 @@ def _monitor(
     from mlflow_template.history import keep_check, write_history_page
     kept = keep_check(run_dir, run_dir.parent / "monitoring")  # the next check of this run overwrites its files there
     print(f"kept as {run_dir.parent / 'monitoring' / kept['folder']}; history: {write_history_page(run_dir.parent / 'monitoring')}")
+    from mlflow_template.runner import _index_runs
+    _index_runs(run_dir.parent, print)  # the page of every run takes in the monitoring history
     from mlflow_template.settings import load_parameters
     from mlflow_template.feedback import feedback_stores
     params = load_parameters(args.settings, args.overrides)["monitor"]
@@ -219,7 +223,8 @@ def main(
         if args.command == "run":
             from mlflow_template.runner import run_pipeline
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-            record = run_pipeline(args.settings, args.overrides, stages, args.run_dir)
+            force = True if args.force == "all" else [s.strip() for s in args.force.split(",") if s.strip()] if args.force else False
+            record = run_pipeline(args.settings, args.overrides, stages, args.run_dir, force=force)
             print(record["run_dir"])
             return 0 if record["status"] == "ok" else 1
         if args.command == "check-sync":

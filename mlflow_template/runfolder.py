@@ -13,9 +13,9 @@ from .core import project_root, read_json, rel, sha256_file, write_json, write_p
 from .settings import runbooks
 
 # %% auto #0
-__all__ = ['PRODUCERS', 'RunFolder', 'open_run']
+__all__ = ['PRODUCERS', 'READS_ENV', 'RunFolder', 'open_run']
 
-# %% ../nbs/00_runfolder.ipynb #b2f1ffa1
+# %% ../nbs/00_runfolder.ipynb #7edfa0f8
 PRODUCERS = {
     "spec.json": "scope", "raw.parquet": "acquire", "provenance.json": "acquire",
     "train.parquet": "prepare", "valid.parquet": "prepare", "test.parquet": "prepare", "contract.json": "prepare",
@@ -25,6 +25,8 @@ PRODUCERS = {
     "quarantine.parquet": "monitor", "traffic.json": "monitor",
 }
 
+READS_ENV = "MLFLOW_TEMPLATE_READS"  # the file where a stage run by the runner notes the artifacts it reads
+
 class RunFolder:
     "The artifacts of one pipeline run, as seen by one stage"
     def __init__(self, path, stage: str = "", root=None):
@@ -33,10 +35,19 @@ class RunFolder:
 
     def __repr__(self): return f"RunFolder({rel(self.path, self.root)!r}, stage={self.stage!r})"
     def file(self, name: str) -> Path: return self.path / name
-    def exists(self, name: str) -> bool: return self.file(name).is_file()
+
+    def _note(self, name: str) -> None:
+        "Note that this stage read (or looked for) artifact `name`, when the runner asks: what decides whether a later run may reuse it"
+        if notes := os.environ.get(READS_ENV):
+            with open(notes, "a", encoding="utf-8") as f: f.write(name + "\n")
+
+    def exists(self, name: str) -> bool:
+        self._note(name)  # its absence decides too
+        return self.file(name).is_file()
 
     def require(self, name: str) -> Path:
         "The path of artifact `name`, or an error naming the stage that writes it"
+        self._note(name)
         p = self.file(name)
         if not p.is_file():
             by = PRODUCERS.get(name, "an earlier")
@@ -51,7 +62,7 @@ class RunFolder:
     def write_parquet(self, name, df) -> None: write_parquet(self.file(name), df)
     def rel(self, name: str = "") -> str: return rel(self.file(name) if name else self.path, self.root)
 
-# %% ../nbs/00_runfolder.ipynb #dd5fe7a3
+# %% ../nbs/00_runfolder.ipynb #30d2b7c9
 def _code_key(root: Path) -> str:
     h = hashlib.sha256()
     files = sorted((root / "nbs" / "pipeline").glob("*.ipynb")) + sorted((root / "mlflow_template").glob("*.py"))
@@ -70,7 +81,7 @@ def _dev_inputs(root: Path, box: Path, echo=print) -> None:
             if not ((up / ".key").is_file() and (up / ".key").read_text() == key):
                 shutil.rmtree(up, ignore_errors=True)
                 building = dev / f"upstream-{uuid.uuid4().hex[:8]}"
-                record = run_pipeline(run_dir=building, use_defaults=True, echo=echo, link_latest=False)
+                record = run_pipeline(run_dir=building, use_defaults=True, echo=echo, link_latest=False, track=False)
                 if record["status"] != "ok":
                     failed = next(s for s in record["stages"] if s["status"] == "failed")
                     raise RuntimeError(f"building the dev inputs failed at stage {failed['stage']}: {failed['error']} "

@@ -177,8 +177,9 @@ def _refused_run(project, why: str):
     "Both runs start together on first use; the store's versions before either are kept to compare with"
     if not _refused_runs:
         _refused_runs["versions before"] = _versions(project)
-        _refused_runs["runs"] = RunsTogether({w: [str(BIN / "mlflow-template"), "run", *SMALL, *extra, "--stages",
-                                                  "scope,acquire,prepare,train,evaluate,deploy"] for w, extra in REFUSED.items()},
+        _refused_runs["runs"] = RunsTogether({w: [str(BIN / "mlflow-template"), "run", *SMALL, *extra, "--stages",  # deploy
+                                                  "scope,acquire,prepare,train,evaluate,deploy", "--force", "deploy"]  # decides anew
+                                              for w, extra in REFUSED.items()},
                                              project.path, project.env)
     return _refused_runs["runs"][why]
 
