@@ -11,7 +11,7 @@ from .core import package_versions, read_json, sha256_file
 
 # %% auto #0
 __all__ = ['ALWAYS', 'code_hash', 'stage_key', 'folder_state', 'file_hashes', 'stage_record', 'store_state', 'external_state',
-           'find_reusable', 'reuse_stage']
+           'find_reusable', 'finished_keys', 'reuse_stage']
 
 # %% ../nbs/09_reuse.ipynb #ce6db826
 ALWAYS = "always"  # the outside state of a stage that cannot be told without running it: never reused
@@ -111,7 +111,7 @@ def external_state(
     if fp is None or feedback_stores(source): return ALWAYS
     return {"source": fp, "store": store_state(served)}
 
-# %% ../nbs/09_reuse.ipynb #5525db44
+# %% ../nbs/09_reuse.ipynb #a7f3205a
 def find_reusable(
     reports: str | Path,  # the folder holding the run folders (reports/)
     stage: str,           # the stage about to run
@@ -134,6 +134,16 @@ def find_reusable(
             if file_hashes(run_dir, c["reads"], memo) == c["reads"] and file_hashes(src, c["outputs"], memo) == c["outputs"]:
                 return src, e
     return None
+
+def finished_keys(
+    reports: str | Path,  # the folder holding the run folders (reports/)
+) -> set:
+    "The keys of every stage that finished in a run there: those parameters passed the stage's checks with this code"
+    keys = set()
+    for rj in Path(reports).glob("*/run.json"):
+        try: keys |= {(e.get("cache") or {}).get("key") for e in read_json(rj).get("stages", []) if e.get("status") == "ok"}
+        except (OSError, ValueError, AttributeError): continue
+    return keys - {None}
 
 def reuse_stage(
     src: str | Path,  # the run folder to reuse from

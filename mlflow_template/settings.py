@@ -12,7 +12,8 @@ from .core import project_root
 
 # %% auto #0
 __all__ = ['RESERVED', 'SettingsError', 'stage_name', 'runbooks', 'runbook_parameters', 'parse_value', 'Settings',
-           'read_settings', 'apply_overrides', 'resolve', 'check_int', 'option_problems', 'load_parameters']
+           'read_settings', 'apply_overrides', 'resolve', 'check_int', 'option_problems', 'check_parameters',
+           'load_parameters']
 
 # %% ../nbs/00_settings.ipynb #cec050d3
 class SettingsError(ValueError):
@@ -203,7 +204,7 @@ def option_problems(
             out.append(f"{stage}.{msg}" if msg.startswith(keys) else f"{stage}.{keys[0]}: {msg}")  # names its key
     return out
 
-# %% ../nbs/00_settings.ipynb #d43edcc2
+# %% ../nbs/00_settings.ipynb #ef8509b6
 def _defaults(decl: dict) -> dict:
     "A runbook's parameters at their defaults (the runner's own left out)"
     return {k: ast.literal_eval(d["default"]) for k, d in decl.items() if k not in RESERVED and "default" in d}
@@ -217,16 +218,25 @@ def _option_problems(stage: str, values: dict) -> list[str]:
     check = getattr(mod, "check_options", None)
     return list(check(**values)) if callable(check) else []
 
+def check_parameters(
+    params: dict,                    # typed parameters by stage, as `load_parameters` gives them
+    stages=None,                     # the stages to check (default: all of `params`)
+    folder: str | Path | None = None,  # runbook folder (default: nbs/pipeline)
+) -> None:
+    "Each stage's values (its runbook's defaults where settings leave a key out) checked by its own rules; every problem in one `SettingsError`"
+    rbs = runbooks(folder)
+    stages = list(params) if stages is None else list(stages)
+    errors = [m for s in stages for m in _option_problems(s, {**_defaults(runbook_parameters(rbs[s])), **params[s]})]
+    if errors: raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
+
 def load_parameters(
     path: str | Path | None = None,  # settings file (default: the project's settings.ini)
     overrides: list = (),            # "SECTION.KEY=VALUE" items, as from --set
     folder: str | Path | None = None,  # runbook folder (default: nbs/pipeline)
+    check: bool = True,              # check every stage's values by its rules (`check_parameters`); False: types only
 ) -> dict:
     "Typed parameters for every runbook, in run order, from a settings file plus overrides; every problem in one `SettingsError`"
     rbs = runbooks(folder)
-    decls = {s: runbook_parameters(p) for s, p in rbs.items()}
-    out = resolve(apply_overrides(read_settings(path), overrides), decls)
-    # Each stage checks its values (its runbook's defaults where settings leave a key out) by its own rules.
-    errors = [m for s, vals in out.items() for m in _option_problems(s, {**_defaults(decls[s]), **vals})]
-    if errors: raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
+    out = resolve(apply_overrides(read_settings(path), overrides), {s: runbook_parameters(p) for s, p in rbs.items()})
+    if check: check_parameters(out, folder=folder)
     return out

@@ -70,31 +70,35 @@ def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
 
 
 @contextlib.contextmanager
-def bentoml_serve(home: Path, name: str, log: Path, workdir: Path, cwd: Path = ROOT):
-    "Run `bentoml serve mlflow_template.service:ModelService` on a free port until the block ends; yield its URL"
-    env = {**os.environ, "BENTOML_HOME": str(home), "MLFLOW_TEMPLATE_MODEL_NAME": name,
-           "MLFLOW_TEMPLATE_PREDICTION_LOG": str(log), "BENTOML_DO_NOT_TRACK": "True"}
+def serving(command, ready: str, env: dict, cwd: Path, workdir: Path, what: str):
+    "Run `command(port)` on a free loopback port until the block ends; yield its URL once `ready` answers 200"
     for attempt in range(3):  # a port taken between free_port() and bind is retried, not a flaky failure
-        port, out = free_port(), workdir / f"serve-{attempt}.log"
+        port, out = free_port(), workdir / f"{what.split()[0]}-{attempt}.log"
         with open(out, "wb") as f:
-            proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "mlflow_template.service:ModelService",
-                                     "--host", "127.0.0.1", "--port", str(port)],
-                                    cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(command(port), cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + READY_TIMEOUT
             while time.monotonic() < deadline and proc.poll() is None:
                 try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200: break
+                    if httpx.get(f"{url}{ready}", timeout=2).status_code == 200: break
                 except httpx.TransportError: pass
-                time.sleep(0.25)
+                time.sleep(0.2)
             else:
                 text = out.read_text(errors="replace")
                 if proc.poll() is not None and "address already in use" in text.lower() and attempt < 2: continue
-                pytest.fail(f"bentoml serve was not ready within {READY_TIMEOUT}s (exit code {proc.poll()}):\n{text[-3000:]}")
+                pytest.fail(f"{what} was not ready within {READY_TIMEOUT}s (exit code {proc.poll()}):\n{text[-3000:]}")
             yield url
             return
         finally:
             stop_group(proc)
+
+
+def bentoml_serve(home: Path, name: str, log: Path, workdir: Path, cwd: Path = ROOT):
+    "Run `bentoml serve mlflow_template.service:ModelService` on a free port until the block ends; yield its URL"
+    env = {**os.environ, "BENTOML_HOME": str(home), "MLFLOW_TEMPLATE_MODEL_NAME": name,
+           "MLFLOW_TEMPLATE_PREDICTION_LOG": str(log), "BENTOML_DO_NOT_TRACK": "True"}
+    return serving(lambda port: [str(BIN / "bentoml"), "serve", "mlflow_template.service:ModelService", "--host", "127.0.0.1",
+                                 "--port", str(port)], "/readyz", env, cwd, workdir, "bentoml serve")
 
 
 # ---- one small real pipeline run, shared by every test module that only reads it (test_pipeline, test_package) ----

@@ -98,9 +98,9 @@ PUBLIC_API = {
                 'request_dicts', 'request_limits', 'request_model', 'service_workers'},
     "guard": {'ErrorDetail', 'ErrorResponse', 'RequestGuard', 'error_body', 'openapi_document', 'surprises'},
     "predlog": {'PredictionLog', 'log_predictions', 'prediction_log_path'},
-    "settings": {'RESERVED', 'Settings', 'SettingsError', 'apply_overrides', 'check_int', 'load_parameters',
-                'option_problems', 'parse_value', 'read_settings', 'resolve', 'runbook_parameters', 'runbooks',
-                'stage_name'},
+    "settings": {'RESERVED', 'Settings', 'SettingsError', 'apply_overrides', 'check_int', 'check_parameters',
+                 'load_parameters', 'option_problems', 'parse_value', 'read_settings', 'resolve',
+                 'runbook_parameters', 'runbooks', 'stage_name'},
     "synthetic": {'best_roc_auc', 'load_synthetic', 'make_churn', 'parse_synthetic_uri'},
     "train": {'FAMILIES', 'LogInt', 'STRATEGIES', 'SearchResult', 'TARGET_TRANSFORMS', 'Trained', 'candidates',
               'check_options', 'clearly_better', 'default_params', 'development_rows', 'ensemble_of', 'folds',
@@ -126,8 +126,8 @@ PUBLIC_API = {
     "history": {'KEPT', 'check_summary', 'keep_check', 'plot_history', 'read_history', 'write_history_page'},
     "tracking": {'PARENT_TAG', 'RUN_ID_TAG', 'STAGE_TAG', 'STORE', 'SUPERSEDED_TAG', 'experiment_name',
                  'run_metrics', 'run_params', 'run_tags', 'track_run', 'tracking_uri'},
-    "reuse": {'ALWAYS', 'code_hash', 'external_state', 'file_hashes', 'find_reusable', 'folder_state', 'reuse_stage',
-              'stage_key', 'stage_record', 'store_state'},
+    "reuse": {'ALWAYS', 'code_hash', 'external_state', 'file_hashes', 'find_reusable', 'finished_keys',
+              'folder_state', 'reuse_stage', 'stage_key', 'stage_record', 'store_state'},
     "runs": {'COLUMNS', 'NOT_RUNS', 'plot_runs', 'runs_table', 'write_runs_index'},
 }
 

@@ -7,17 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import BIN, SMALL, cli, free_port, stop_group
+from conftest import BIN, SMALL, cli, free_port, serving
 from mlflow_template.tracking import PARENT_TAG, RUN_ID_TAG, STAGE_TAG, track_run, tracking_uri
 
-READY_TIMEOUT = 60  # seconds for `mlflow server` to answer /health (about 5 here)
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true"}  # no usage reports from tests
 
 
@@ -27,29 +24,12 @@ def mlflow_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mlflow_server")
     env = {**os.environ, **QUIET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: starts in half the time
     env.pop("MLFLOW_TRACKING_URI", None)
-    for attempt in range(3):  # a port taken between free_port() and bind is retried, not a flaky failure
-        port, log = free_port(), tmp / f"server-{attempt}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
-                                     "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1",
-                                     "--port", str(port), "--workers", "1"],
-                                    cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            url, started = f"http://127.0.0.1:{port}", time.monotonic()
-            while time.monotonic() - started < READY_TIMEOUT and proc.poll() is None:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200: break
-                except httpx.TransportError: pass
-                time.sleep(0.2)
-            else:
-                text = log.read_text(errors="replace")
-                if proc.poll() is not None and "address already in use" in text.lower() and attempt < 2: continue
-                pytest.fail(f"mlflow server was not ready within {READY_TIMEOUT}s (exit code {proc.poll()}):\n{text[-3000:]}")
-            print(f"mlflow server ready in {time.monotonic() - started:.1f} s")
-            yield url
-            return
-        finally:
-            stop_group(proc)
+    started = time.monotonic()
+    with serving(lambda port: [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                               "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1"], "/health", env, tmp, tmp, "mlflow server") as url:
+        print(f"mlflow server ready in {time.monotonic() - started:.1f} s")
+        yield url
 
 
 def _children(client, res) -> dict:
