@@ -5,13 +5,15 @@ shared run (other tests may have rerun its monitor on another batch) and runs th
 reuses every stage and leaves the same artifacts; then one input changes at a time, and exactly the stages that read it (or read what
 those wrote) run: an explore setting (explore only), the monitor runbook (monitor only), and `train.n_iter` (train
 and the stages after it; monitor only if deploy promoted, since it watches the served model). `--force` runs a
-stage anyway. The unit checks (keys, reads, the store's and the source's state) are in nbs/09_reuse.ipynb."""
+stage anyway. A CSV source is read again when one of its values changes, not when it is rewritten with the same
+bytes. The unit checks (keys, reads, the store's and the source's state) are in nbs/09_reuse.ipynb."""
 from __future__ import annotations
 
 import json
 import shutil
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from conftest import SMALL, cli
@@ -56,3 +58,17 @@ def test_each_kind_of_change_reruns_exactly_the_stages_that_depend_on_it(project
     assert trained.ran == ["train", "evaluate", "deploy"] + (["monitor"] if promoted else []), (trained.ran, promoted)
 
     assert _run(here, "--force", "scope").ran == ["scope"]  # scope wrote the same spec: nothing after it runs again
+
+    # a file source: read again when its bytes change, not when it is only written anew with the same bytes
+    csv, upto = proj / "data" / "raw" / "customers.csv", ["--stages", "scope,acquire", "--set"]
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    pd.read_parquet(good_run.dir / "raw.parquet").to_csv(csv, index=False)
+    source = f"acquire.source={csv}"
+    assert _run(here, *upto, source).ran == ["acquire"]
+    text = csv.read_text()
+    csv.write_text(text)  # the same bytes, a new modification time
+    assert _run(here, *upto, source).ran == []
+    csv.write_text(text.replace(",Yes\n", ",No\n", 1))  # one label changed
+    changed = _run(here, *upto, source)
+    assert changed.ran == ["acquire"], changed.out
+    assert pd.read_parquet(changed.dir / "raw.parquet").churn.eq("No").sum() == pd.read_csv(csv).churn.eq("No").sum()
