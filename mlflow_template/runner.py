@@ -257,7 +257,7 @@ def _progress_engine(
     papermill_engines.register("mlflow_template", _Engine)
     return "mlflow_template"
 
-# %% ../nbs/09_runner.ipynb #aabdffe4
+# %% ../nbs/09_runner.ipynb #d06a6cae
 def _relative_paths(notebook: Path, root: Path):
     "Rewrite papermill's record of the input and output paths relative to the project, so reruns do not churn"
     import nbformat
@@ -287,7 +287,7 @@ def run_pipeline(
     echo=print,                          # where progress lines go
     link_latest: bool = True,            # point reports/latest at this run
     force: bool | list = False,          # run these stages (True: all) even when an earlier run's could be reused
-    track: bool = True,                  # log the run to MLflow (`tracking.track_run`; a failure is reported, not fatal)
+    track: bool | None = None,           # log the run to MLflow (`tracking.track_run`; a failure is reported, not fatal); None: unless MLFLOW_TEMPLATE_TRACKING is 0/false/off
 ) -> dict:
     "Run the runbooks in order with papermill, reusing stages whose inputs did not change; write each notebook, its HTML, run.json and index.html; return the record (raise `Interrupted` when stopped by a signal)"
     root = project_root()
@@ -402,6 +402,7 @@ def run_pipeline(
     record.update(status="failed" if failed else "interrupted" if stopped else "ok", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   seconds=round(time.perf_counter() - t0, 2))
     save()
+    if track is None: track = os.environ.get("MLFLOW_TEMPLATE_TRACKING", "1").strip().lower() not in ("0", "false", "no", "off")
     if track:  # MLflow's run names this run; run.json names MLflow's
         from mlflow_template.tracking import track_run
         tracked = track_run(run_dir, record, echo)

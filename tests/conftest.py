@@ -22,6 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 READY_TIMEOUT = 90  # seconds
+# Pipeline runs in tests are not logged to MLflow (about 2 s each): the shared run is (`good_run`), and
+# tests/test_tracking.py runs one against a real server; every other run proves what it tests without it.
+os.environ["MLFLOW_TEMPLATE_TRACKING"] = "0"
+TRACKED = {"MLFLOW_TEMPLATE_TRACKING": "1"}
 
 
 def copy_project(dest: Path) -> Path:
@@ -123,7 +127,7 @@ def cli(project, *args, timeout=900):
 
 @pytest.fixture(scope="session")
 def good_run(project):
-    r = cli(project, "run", *SMALL)
+    r = cli(SimpleNamespace(path=project.path, env={**project.env, **TRACKED}), "run", *SMALL)
     assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
     run_dir = project.path / r.stdout.strip().splitlines()[-1]
     return SimpleNamespace(result=r, dir=run_dir, record=json.loads((run_dir / "run.json").read_text()))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, SMALL, cli, free_port, serving
+from conftest import BIN, SMALL, TRACKED, cli, free_port, serving
 from mlflow_template.tracking import PARENT_TAG, RUN_ID_TAG, STAGE_TAG, track_run, tracking_uri
 
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true"}  # no usage reports from tests
@@ -44,7 +44,7 @@ def test_run_is_tracked_on_a_server(project, good_run, mlflow_server, tmp_path, 
     from mlflow import MlflowClient
     proj = tmp_path / "project"
     shutil.copytree(project.path, proj, symlinks=True)  # the shared run is there: this run reuses its stages
-    here = type("Here", (), {"path": proj, "env": {**project.env, **QUIET, "BENTOML_HOME": str(proj / "bentoml_home"),
+    here = type("Here", (), {"path": proj, "env": {**project.env, **QUIET, **TRACKED, "BENTOML_HOME": str(proj / "bentoml_home"),
                                                     "MLFLOW_TRACKING_URI": mlflow_server}})
     r = cli(here, "run", *SMALL)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
