@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
+# pytest processes (pytest-xdist; a test file runs whole in one of them, the shared run is made once for all)
+TEST_WORKERS ?= 2
 
 .PHONY: help setup run test test-nbdev test-sync test-py serve bento manifests monitor retrain lab ui docs readme lock clean
 
@@ -39,7 +41,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/mlflow-template check-sync
 	$(BIN)/nbdev-test --n-workers 2
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(BIN)/bentoml serve mlflow_template.service:ModelService --port $${PORT:-3000}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -112,10 +113,33 @@ SMALL = ["--set", "acquire.source=synthetic://churn?rows=3000&seed=42", "--set",
          "--set", "deploy.max_records=3"]  # a request limit set in settings travels with the model to the service
 
 
+def _shared_run(root: Path) -> tuple[Path, dict]:
+    "The project with the shared run in `root`, made by the first test process that needs it; the others wait, then reuse it"
+    path, result = root / "shared-project", root / "shared-run.json"
+    with open(root / "shared-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if not result.exists():
+            path.mkdir()
+            copy_project(path)
+            env = {**os.environ, "BENTOML_HOME": str(path / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "True", **TRACKED}
+            r = subprocess.run([str(BIN / "mlflow-template"), "run", *SMALL], cwd=path, env=env, capture_output=True, text=True,
+                               timeout=900)
+            result.write_text(json.dumps({"returncode": r.returncode, "stdout": r.stdout, "stderr": r.stderr}))
+    return path, json.loads(result.read_text())
+
+
 @pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    "A copy of the project's settings and runbooks in a temporary folder, with its own BentoML store"
-    path = copy_project(tmp_path_factory.mktemp("project"))
+def shared(tmp_path_factory):
+    "(the shared project, its run's result): one run for the whole session, also when pytest-xdist runs tests in two processes"
+    base = tmp_path_factory.getbasetemp()  # under xdist, each process's own folder in the session's
+    return _shared_run(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory, shared):
+    "This test process's own copy of the project (settings, runbooks, its own BentoML store) holding the shared run"
+    path = tmp_path_factory.mktemp("project")
+    shutil.copytree(shared[0], path, symlinks=True, dirs_exist_ok=True)
     env = {**os.environ, "BENTOML_HOME": str(path / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "True"}
     return SimpleNamespace(path=path, env=env, store=path / "bentoml_home")
 
@@ -126,8 +150,9 @@ def cli(project, *args, timeout=900):
 
 
 @pytest.fixture(scope="session")
-def good_run(project):
-    r = cli(SimpleNamespace(path=project.path, env={**project.env, **TRACKED}), "run", *SMALL)
+def good_run(project, shared):
+    "The shared run of the small settings (SMALL), tracked in the project's embedded MLflow store, in this process's copy"
+    r = SimpleNamespace(**shared[1])
     assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
     run_dir = project.path / r.stdout.strip().splitlines()[-1]
     return SimpleNamespace(result=r, dir=run_dir, record=json.loads((run_dir / "run.json").read_text()))
@@ -174,3 +199,13 @@ def hook():
     yield f"http://127.0.0.1:{server.server_port}/alerts?token=not-in-any-report", _Hook.received
     server.shutdown()
     server.server_close()
+
+
+# The longest test files first, so that with two test processes neither ends long after the other (pytest-xdist hands
+# out whole files in collection order); the rest keep their order.
+LONGEST_FIRST = ("test_datasets.py", "test_retrain.py", "test_reuse.py", "test_pipeline.py", "test_monitor_rates.py",
+                 "test_stage_acquire.py", "test_monitor_cli.py", "test_model_security.py", "test_runner_interrupt.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST))
