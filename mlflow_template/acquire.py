@@ -264,7 +264,7 @@ def snapshot(
             "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
             "content_sha256": content, "snapshot": path.name, "snapshot_sha256": sha256_file(path)}
 
-# %% ../nbs/02_acquire.ipynb #7bfabc86
+# %% ../nbs/02_acquire.ipynb #f6a25950
 def check_acquired(
     df: pd.DataFrame,   # the data as read
     spec: ProblemSpec,  # names the target, the task and the other columns the pipeline needs
@@ -282,7 +282,9 @@ def acquire(
     format: str = "",   # force a format (default: from the source)
     **options,          # load_source options (`OPTIONS`), as the runbook's settings give them
 ) -> tuple[pd.DataFrame, dict]:
-    "Load `source`, check it against `spec`, then write the snapshot: the data and its provenance record"
+    "Load `source` (after checking it will fit in memory: `cluster.check_fits`), check it against `spec`, then write the snapshot: the data and its provenance record"
+    from mlflow_template.cluster import check_fits
+    check_fits(source, format or "", storage_options=options.get("storage_options"))
     df = load_source(source, format or "", **options)
     check_acquired(df, spec)
     return df, snapshot(df, path, source, format or "", options=options)

@@ -13,7 +13,7 @@ import pandas as pd
 from .acquire import env_secrets, expand_env, flatten_nested, records_of, redact, scrub
 
 # %% auto #0
-__all__ = ['PROGRESS_BYTES', 'read_files', 'files_fingerprint']
+__all__ = ['PROGRESS_BYTES', 'read_files', 'files_fingerprint', 'files_size']
 
 # %% ../nbs/02_acquire_files.ipynb #39e9c45e
 PROGRESS_BYTES = 64 * 2**20  # local files at least this large show a progress bar while they are read
@@ -178,3 +178,43 @@ def files_fingerprint(
                 out.append([p, found])
         return out or None
     except (OSError, ValueError, ImportError): return None  # read_files says what is wrong when acquire runs
+
+# %% ../nbs/02_acquire_files.ipynb #1cc5f5a9
+_PACKED = (".gz", ".bz2", ".xz", ".zst", ".zip")  # a compressed text file unpacks to about 5 times its size
+
+def _text_ratio(fs, path: str, fmt: str, head: int = 1 << 20) -> float:
+    "Bytes pandas holds per byte of text, measured on the first `head` bytes of the file (whole lines)"
+    import io
+    with fs.open(path, "rb", compression="infer") as f: block = f.read(head)
+    if len(block) == head: block = block[: block.rfind(b"\n") + 1] or block
+    text = block.decode("utf-8", errors="replace")
+    if fmt in ("csv", "tsv"): df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",")
+    elif fmt == "jsonl": df = pd.read_json(io.StringIO(text), lines=True)
+    else: return 3.0  # a JSON document cannot be cut at a line: a typical ratio
+    return max(float(df.memory_usage(deep=True, index=False).sum()) / max(len(block), 1), 0.5)
+
+def files_size(
+    source: str,                  # a path, glob or fsspec URL
+    fmt: str,                     # its format: parquet, csv, tsv, json, jsonl
+    storage_options: dict = None, # fsspec options for remote files
+) -> tuple[int, int] | None:
+    "(bytes on disk, estimated bytes in memory once read) of the files `source` names; None when they cannot be listed"
+    import fsspec
+    try:
+        fs, path = fsspec.core.url_to_fs(expand_env(source), **(storage_options or {}))
+        infos = ({p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"} if _has_magic(fs, path)
+                 else {path: fs.info(path)})
+        if not infos: return None
+        disk = sum(int(i.get("size") or 0) for i in infos.values())
+        first = sorted(infos)[0]
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+            rows = 0
+            for p in infos:
+                with fs.open(p, "rb") as f: rows += pq.ParquetFile(f).metadata.num_rows
+            with fs.open(first, "rb") as f: batch = next(pq.ParquetFile(f).iter_batches(batch_size=10_000), None)
+            if batch is None or not batch.num_rows: return disk, 0
+            return disk, int(rows * batch.to_pandas().memory_usage(deep=True, index=False).sum() / batch.num_rows)
+        packed = 5 if str(first).lower().endswith(_PACKED) else 1
+        return disk, int(disk * packed * _text_ratio(fs, first, fmt))
+    except (OSError, ValueError, ImportError): return None

@@ -71,7 +71,7 @@ def check_sync(
         problems.append("README.md: not what nbs/index.ipynb renders to: run `make readme` and commit it")
     return problems
 
-# %% ../nbs/09_cli.ipynb #11c8c5e0
+# %% ../nbs/09_cli.ipynb #69126eda
 def _settings_options(
     p: argparse.ArgumentParser,  # a command's parser
     set_help: str,               # what --set does for this command
@@ -119,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--table", default="", help="SQL: the table to read")
     sc.add_argument("--query", default="", help="SQL: a query to run instead of --table")
     sc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sc.add_argument("--cluster", default="", help="score the chunks on Dask workers: local (a LocalCluster, "
+                                                  "local?workers=2&memory=4GiB) or a scheduler address (tcp://host:8786)")
     for name, what in (("bento", "build a bento of the promoted model: service, model, pinned packages (see `bento --help`)"),
                        ("manifests", "write Kubernetes manifests for the promoted model's image (see `manifests --help`)")):
         sub.add_parser(name, help=what, add_help=False)  # `package.main` parses their options (main passes them on)
@@ -190,8 +192,9 @@ def _score(
     from mlflow_template.score import score_source
     try:
         res = score_source(args.source, args.output, model=args.model, format=args.format, chunk_rows=args.chunk_rows,
-                           table=args.table, query=args.query, progress=not args.no_progress)
-    except (LookupError, OSError, ValueError) as e:  # no model (ModelNotFoundError), unreadable source, bad option
+                           table=args.table, query=args.query, progress=not args.no_progress, cluster=args.cluster)
+    except (LookupError, OSError, ValueError, ImportError, RuntimeError) as e:  # no model (ModelNotFoundError), unreadable
+        # source, bad option, no scheduler there, Dask missing, workers without the package
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     print(f"scored {res['scored']:,} of {res['rows']:,} rows with {res['model']} into {res['output']} "

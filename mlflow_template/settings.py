@@ -204,7 +204,7 @@ def option_problems(
             out.append(f"{stage}.{msg}" if msg.startswith(keys) else f"{stage}.{keys[0]}: {msg}")  # names its key
     return out
 
-# %% ../nbs/00_settings.ipynb #ef8509b6
+# %% ../nbs/00_settings.ipynb #858f47cf
 def _defaults(decl: dict) -> dict:
     "A runbook's parameters at their defaults (the runner's own left out)"
     return {k: ast.literal_eval(d["default"]) for k, d in decl.items() if k not in RESERVED and "default" in d}
@@ -227,6 +227,8 @@ def check_parameters(
     rbs = runbooks(folder)
     stages = list(params) if stages is None else list(stages)
     errors = [m for s in stages for m in _option_problems(s, {**_defaults(runbook_parameters(rbs[s])), **params[s]})]
+    from mlflow_template.cluster import check_options as cluster_problems  # [DEFAULT] cluster: one message, not one per stage
+    errors += dict.fromkeys(m for s in stages if "cluster" in params[s] for m in cluster_problems(cluster=params[s]["cluster"]))
     if errors: raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
 
 def load_parameters(

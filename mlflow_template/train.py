@@ -301,7 +301,7 @@ def search(
     best = rows[_pick(rows, n_defaults)]
     return SearchResult(make(best["params"], best["transform"]), rows, n_defaults)
 
-# %% ../nbs/05_train.ipynb #e0e3bc57
+# %% ../nbs/05_train.ipynb #80e251e4
 def trial_table(
     s: SearchResult,    # a search
     family: str,        # the family it searched
@@ -351,7 +351,8 @@ def ensemble_of(
 ):
     "A voting ensemble of the pipelines (soft voting for classifiers): scikit-learn's own, so it loads under the reviewed types"
     members = [(f, clone(p)) for f, p in pipelines.items()]
-    return VotingRegressor(members) if spec.task == "regression" else VotingClassifier(members, voting="soft")
+    # n_jobs=1: members are fitted in the process fitting the ensemble (a fold's task on a cluster), not as nested tasks
+    return VotingRegressor(members, n_jobs=1) if spec.task == "regression" else VotingClassifier(members, voting="soft", n_jobs=1)
 
 def _ensemble_row(spec, found: dict, board: pd.DataFrame, X, y, splitter, groups, n_jobs) -> tuple[dict, object, list]:
     "The leaderboard row of a voting ensemble of the two best families, scored by the same folds, its pipeline and fold scores"

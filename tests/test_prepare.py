@@ -18,7 +18,8 @@ from mlflow_template.contract import contract_report, learn_contract, validate_r
 from mlflow_template.core import write_json, write_parquet
 from mlflow_template.features import build_preprocessor, clip_report, drop_columns, feature_roles, leakage_check
 from mlflow_template.modelfile import dump_model, load_model_file
-from mlflow_template.prepare import clean_target, deduplicate, repair_types, split_data
+from mlflow_template.prepare import clean_target, deduplicate, repair_types
+from mlflow_template.splits import split_data
 from mlflow_template.scope import ProblemSpec
 from mlflow_template.synthetic import make_churn
 

@@ -14,8 +14,9 @@ from mlflow_template.core import read_json, write_json
 from mlflow_template.explore import (association_tests, bias_scan, column_summary, explore_summary, outlier_table,
                                      plot_trend)
 from mlflow_template.features import TIME_COLUMN_REASON
-from mlflow_template.prepare import (check_ids_disjoint, clean_target, cleaning_steps, contract_warnings, deduplicate,
-                                     prepare_data, repair_types, roles_table, split_data, split_table)
+from mlflow_template.prepare import (clean_target, cleaning_steps, contract_warnings, deduplicate, prepare_data, repair_types,
+                                     roles_table, split_table)
+from mlflow_template.splits import check_ids_disjoint, split_data
 from mlflow_template.scope import ProblemSpec
 from mlflow_template.synthetic import make_churn
 

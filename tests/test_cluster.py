@@ -1,0 +1,58 @@
+"""The pipeline on a Dask LocalCluster (`cluster = local`, two workers) against the same settings in process.
+
+A copy of the shared small run's project runs again with `DEFAULT.cluster` set to a LocalCluster of two workers and
+every stage forced: the runner starts one cluster for the run, the search's and the cross-validation's folds are fitted on its
+workers (the train stage measures how busy they were), and the results match the run in process: the same contract, the
+same splits (their content hashes), the same family and metrics within noise. Batch scoring on the cluster writes
+what scoring in process writes. The unit checks (the setting, connecting, the busy measure) are in
+nbs/00_cluster.ipynb."""
+from __future__ import annotations
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from conftest import SMALL, cli
+
+pytestmark = pytest.mark.slow
+LOCAL = "local?workers=2&threads=1&memory=2GiB"
+
+
+def test_the_pipeline_on_a_local_cluster_matches_the_run_in_process(project, good_run, tmp_path):
+    proj = tmp_path / "project"
+    shutil.copytree(project.path, proj, symlinks=True)
+    here = SimpleNamespace(path=proj, env={**project.env, "BENTOML_HOME": str(proj / "bentoml_home")})
+    r = cli(here, "run", *SMALL, "--set", f"DEFAULT.cluster={LOCAL}", "--force")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    on = proj / r.stdout.strip().splitlines()[-1]
+    read = lambda run, f: json.loads((run / f).read_text())
+    here_run = good_run.dir
+
+    assert read(on, "contract.json") == read(here_run, "contract.json")
+    assert read(on, "prepare.json")["splits"] == read(here_run, "prepare.json")["splits"]  # rows and content hashes
+
+    where = read(on, "train.json")["cluster"]
+    assert where["workers"] == 2 and where["cluster"].startswith("tcp://127.0.0.1:"), where
+    assert where["tasks"] >= 2 * 3 and where["busy_share"] > 0.05, where  # the folds ran on the workers
+    assert read(here_run, "train.json")["cluster"] == {"cluster": "in process"}
+    assert read(on, "train.json")["best_family"] == read(here_run, "train.json")["best_family"]
+    got, want = read(on, "metrics.json")["test"], read(here_run, "metrics.json")["test"]
+    for name in ("roc_auc", "f1", "recall"):
+        assert abs(got[name] - want[name]) < 0.02, (name, got[name], want[name])
+    page = (on / "05_train.html").read_text()
+    assert "Ran on the Dask cluster at" in page and "dashboard" in page and "2 worker(s)" in page
+    assert "The folds ran there as" in (on / "06_evaluate.html").read_text()
+
+    test = pd.read_parquet(here_run / "test.parquet").drop(columns="churn")
+    test.to_parquet(tmp_path / "batch.parquet")
+    outs = {}
+    for name, extra in (("here", []), ("on", ["--cluster", LOCAL])):
+        s = cli(here, "score", "--source", str(tmp_path / "batch.parquet"), "--output", str(tmp_path / f"{name}.parquet"),
+                "--chunk-rows", "100", "--no-progress", *extra)
+        assert s.returncode == 0, s.stdout + s.stderr
+        outs[name] = pd.read_parquet(tmp_path / f"{name}.parquet")
+    assert "scored on 2 Dask worker(s)" in s.stdout, s.stdout
+    pd.testing.assert_frame_equal(outs["on"], outs["here"])
