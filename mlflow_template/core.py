@@ -14,7 +14,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['project_root', 'rel', 'atomic_path', 'plain', 'write_json', 'read_json', 'read_json_or_none', 'write_parquet',
-           'sha256_file', 'sha256_frame', 'sample_positions', 'package_versions']
+           'sha256_file', 'row_hashes', 'FrameHash', 'sha256_frame', 'sample_positions', 'package_versions', 'Appender']
 
 # %% ../nbs/00_core.ipynb #10efc754
 def project_root(
@@ -106,7 +106,7 @@ def write_parquet(
     with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #1dc257bc
+# %% ../nbs/00_core.ipynb #5db7e4c1
 def sha256_file(
     path: str | Path,        # the file to hash
     chunk: int = 1 << 20,    # bytes read at a time
@@ -117,18 +117,30 @@ def sha256_file(
         for block in iter(lambda: f.read(chunk), b""): h.update(block)
     return h.hexdigest()
 
-def sha256_frame(
-    df: pd.DataFrame,  # the table to hash
-) -> str:
-    "SHA-256 of a DataFrame's content, column names and dtypes (independent of how it is stored)"
-    h = hashlib.sha256()
-    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
+def row_hashes(
+    df: pd.DataFrame,  # a table, or one part of it
+) -> bytes:
+    "pandas' 64-bit hash of each row's values, as bytes in row order (lists and dicts hashed as their JSON text)"
     try: rows = pd.util.hash_pandas_object(df, index=False)
     except TypeError:  # lists or dicts in a column (as JSON sources give): hash their JSON text instead
         nested = {c: df[c].map(lambda v: json.dumps(plain(v), sort_keys=True) if isinstance(v, (list, dict)) else v)
                   for c in df.columns if df[c].dtype == object}
         rows = pd.util.hash_pandas_object(df.assign(**nested), index=False)
-    h.update(rows.to_numpy().tobytes())
+    return rows.to_numpy().tobytes()
+
+class FrameHash:
+    "`sha256_frame` built part by part: the column names and dtypes first, then each part's `row_hashes` in order"
+    def __init__(self, dtypes: pd.Series):  # the whole table's dtypes (a Dask DataFrame's `dtypes`)
+        self._h = hashlib.sha256(json.dumps([[str(c), str(t)] for c, t in dtypes.items()]).encode())
+    def update(self, hashes: bytes) -> None: self._h.update(hashes)
+    def hexdigest(self) -> str: return self._h.hexdigest()
+
+def sha256_frame(
+    df: pd.DataFrame,  # the table to hash
+) -> str:
+    "SHA-256 of a DataFrame's content, column names and dtypes (independent of how it is stored, or in how many parts)"
+    h = FrameHash(df.dtypes)
+    h.update(row_hashes(df))
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #bfc6c9be
@@ -158,3 +170,27 @@ def _versions(names: tuple) -> tuple:
         try: out[n] = metadata.version(n)
         except metadata.PackageNotFoundError: out[n] = None
     return tuple(out.items())
+
+# %% ../nbs/00_core.ipynb #06f68f91
+class Appender:
+    "Append DataFrames to one Parquet or CSV file; use as a context manager"
+    def __init__(self, path, fmt: str, metadata: dict | None = None):
+        self.path, self.fmt, self.metadata, self.rows, self._writer, self._columns = Path(path), fmt, metadata or {}, 0, None, None
+    def __enter__(self): return self
+    def write(self, df: pd.DataFrame) -> None:
+        if self._columns is None or (not self.rows and len(df)): self._columns = df.iloc[:0]
+        if not len(df): return
+        if self.fmt == "csv": df.to_csv(self.path, mode="a", header=not self.rows, index=False)
+        else: self._parquet(df)
+        self.rows += len(df)
+    def _parquet(self, df: pd.DataFrame) -> None:
+        import pyarrow as pa, pyarrow.parquet as pq
+        if self._writer is None:
+            schema = pa.Schema.from_pandas(df, preserve_index=False)
+            schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema],  # all missing
+                               metadata={**schema.metadata, **{k.encode(): v.encode() for k, v in self.metadata.items()}})
+            self._writer = pq.ParquetWriter(self.path, schema)
+        self._writer.write_table(pa.Table.from_pandas(df, schema=self._writer.schema, preserve_index=False))
+    def __exit__(self, *exc):
+        if not self.rows and self._columns is not None: self._columns.to_csv(self.path, index=False) if self.fmt == "csv" else self._parquet(self._columns)
+        if self._writer is not None: self._writer.close()

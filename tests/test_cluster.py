@@ -1,8 +1,8 @@
 """The pipeline on a Dask LocalCluster (`cluster = local`, two workers) against the same settings in process.
 
 A copy of the shared small run's project runs again with `DEFAULT.cluster` set to a LocalCluster of two workers and
-every stage forced: the runner starts one cluster for the run, the search's and the cross-validation's folds are fitted on its
-workers (the train stage measures how busy they were), and the results match the run in process: the same contract, the
+every stage forced: the runner starts one cluster for the run, acquire streams the snapshot from five partitions, the
+search's and the cross-validation's folds are fitted on its workers (the train stage measures how busy they were), and the results match the run in process: the same contract, the
 same splits (their content hashes), the same family and metrics within noise. Batch scoring on the cluster writes
 what scoring in process writes. The unit checks (the setting, connecting, the busy measure) are in
 nbs/00_cluster.ipynb."""
@@ -25,12 +25,15 @@ def test_the_pipeline_on_a_local_cluster_matches_the_run_in_process(project, goo
     proj = tmp_path / "project"
     shutil.copytree(project.path, proj, symlinks=True)
     here = SimpleNamespace(path=proj, env={**project.env, "BENTOML_HOME": str(proj / "bentoml_home")})
-    r = cli(here, "run", *SMALL, "--set", f"DEFAULT.cluster={LOCAL}", "--force")
+    r = cli(here, "run", *SMALL, "--set", f"DEFAULT.cluster={LOCAL}", "--set", "acquire.partition_rows=700", "--force")
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     on = proj / r.stdout.strip().splitlines()[-1]
     read = lambda run, f: json.loads((run / f).read_text())
     here_run = good_run.dir
 
+    prov = read(on, "provenance.json")  # the snapshot streamed from five partitions: the same content
+    assert prov["partitions"] == 5 and prov["content_sha256"] == read(here_run, "provenance.json")["content_sha256"], prov
+    assert "Ran on the Dask cluster at" in (on / "02_acquire.html").read_text()
     assert read(on, "contract.json") == read(here_run, "contract.json")
     assert read(on, "prepare.json")["splits"] == read(here_run, "prepare.json")["splits"]  # rows and content hashes
 

@@ -33,7 +33,8 @@ def mode(path) -> int:
 # ---------------------------------------------------------------- the runbook is thin
 
 def test_runbook_parameters_are_run_dir_source_format_and_the_options():
-    assert set(runbook_parameters(RUNBOOK)) == {"run_dir", "source", "format", *OPTIONS}
+    # and where it reads: here, or in partitions on a Dask cluster (`cluster`, `partition_rows`; acquire_dask)
+    assert set(runbook_parameters(RUNBOOK)) == {"run_dir", "source", "format", *OPTIONS, "cluster", "partition_rows"}
     assert len(OPTIONS) == len(set(OPTIONS))
     assert set(OPTIONS) <= set(inspect.signature(load_source).parameters)  # every one reaches load_source
 

@@ -54,8 +54,9 @@ PUBLIC_API = {
     "card": {'model_card'},
     "cli": {'check_sync', 'main', 'render_readme'},
     "contract": {'contract_report', 'learn_contract', 'mismatch', 'records_frame', 'validate_rows'},
-    "core": {'atomic_path', 'package_versions', 'plain', 'project_root', 'read_json', 'read_json_or_none', 'rel',
-             'sample_positions', 'sha256_file', 'sha256_frame', 'write_json', 'write_parquet'},
+    "core": {'Appender', 'FrameHash', 'atomic_path', 'package_versions', 'plain', 'project_root', 'read_json',
+             'read_json_or_none', 'rel', 'row_hashes', 'sample_positions', 'sha256_file', 'sha256_frame',
+             'write_json', 'write_parquet'},
     "deploy": {'CONTRACT_FILE', 'DEFAULT_LIMITS', 'FILES_KEY', 'HELDOUT_FILE', 'MIN_FRESH_ROWS', 'MODEL_FILE',
                'ModelNotFoundError', 'REFERENCE_FILE', 'ROWS_FILE', 'check_options', 'check_store',
                'compare_with_champion', 'fitted_rows', 'load_model', 'promote', 'promoted_models', 'promoted_names',
@@ -110,7 +111,8 @@ PUBLIC_API = {
     "package": {'RUNTIME_ROOTS', 'bento_name', 'bento_path', 'bento_spec', 'build_bento', 'check_dockerfile', 'main',
                 'newest_bento', 'promoted_tag', 'render_manifests', 'runtime_requirements', 'write_bentofile',
                 'write_manifests'},
-    "score": {'OUTPUT_FORMATS', 'output_format', 'quarantine_path', 'read_chunks', 'score_chunk', 'score_source'},
+    "score": {'OUTPUT_FORMATS', 'output_format', 'quarantine_path', 'read_chunks', 'score_chunk', 'score_source',
+              'source_files'},
     "fastpath": {'FastModel', 'compile_model'},
     "concept": {'concept_drift', 'frame_scores', 'labelled_performance', 'scored_performance', 'scored_rows',
                 'scores_frame'},
@@ -133,6 +135,8 @@ PUBLIC_API = {
                 'parse_cluster', 'start_local', 'workers_table'},
     "splits": {'assign_splits', 'check_ids_disjoint', 'check_split_sizes', 'split_cutoffs', 'split_data',
                'split_keys', 'split_units'},
+    "acquire_dask": {'WORKER_FORMATS', 'acquire_partitioned', 'check_partitions', 'read_partitions',
+                     'write_snapshot'},
 }
 
 
