@@ -17,7 +17,7 @@ from .score import source_files
 # %% auto #0
 __all__ = ['WORKER_FORMATS', 'read_partitions', 'write_snapshot', 'check_partitions', 'acquire_partitioned']
 
-# %% ../nbs/02_acquire_dask.ipynb #7766b0be
+# %% ../nbs/02_acquire_dask.ipynb #a4558ed3
 WORKER_FORMATS = ("parquet", "csv", "tsv", "jsonl")  # read by the workers; any other format is read here, then split
 
 def read_partitions(
@@ -39,7 +39,7 @@ def read_partitions(
         fs, paths = source_files(source, storage_options)  # an error naming the source when nothing is there
         urls = [fs.unstrip_protocol(p) for p in paths]
         try:
-            if fmt == "parquet": ddf = dd.read_parquet(urls, storage_options=so)
+            if fmt == "parquet": ddf = dd.read_parquet(urls, storage_options=so, split_row_groups=True)  # a partition per row group
             elif fmt == "jsonl": ddf = dd.read_json(urls, lines=True, blocksize=2**26, storage_options=so)
             else: ddf = dd.read_csv(urls, sep="\t" if fmt == "tsv" else ",", blocksize="64MB", storage_options=so)
         except (OSError, ValueError) as e: raise ValueError(f"source {label}: {e}") from None
