@@ -13,7 +13,7 @@ import pandas as pd
 from .acquire import env_secrets, expand_env, flatten_nested, records_of, redact, scrub
 
 # %% auto #0
-__all__ = ['PROGRESS_BYTES', 'read_files', 'files_fingerprint', 'files_size']
+__all__ = ['PROGRESS_BYTES', 'read_files', 'source_files', 'files_fingerprint', 'files_size']
 
 # %% ../nbs/02_acquire_files.ipynb #39e9c45e
 PROGRESS_BYTES = 64 * 2**20  # local files at least this large show a progress bar while they are read
@@ -153,7 +153,24 @@ def read_files(
             frames.append(_read_file(lp, fmt, name, records_key, flatten, progress))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
-# %% ../nbs/02_acquire_files.ipynb #76938bc9
+# %% ../nbs/02_acquire_files.ipynb #d24ccc8a
+def source_files(
+    source: str,                  # a path, glob or fsspec URL; ${VAR} placeholders come from the environment
+    storage_options: dict = None, # fsspec options for remote files
+) -> tuple:
+    "(filesystem, sorted file paths) that `source` names; none found is an error naming the source as written"
+    import fsspec
+    label, secrets = redact(source), env_secrets(source)
+    try: fs, path = fsspec.core.url_to_fs(expand_env(source), **(storage_options or {}))
+    except (ValueError, ImportError) as e: raise ValueError(f"source {label}: {scrub(str(e), secrets)}") from None
+    if _has_magic(fs, path):
+        paths = sorted(p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file")
+        if not paths: raise FileNotFoundError(f"source {label}: no file matches this pattern")
+        return fs, paths
+    if not fs.isfile(path): raise FileNotFoundError(f"source {label}: {'is a folder' if fs.isdir(path) else 'no such file'}")
+    return fs, [path]
+
+# %% ../nbs/02_acquire_files.ipynb #c5f94f27
 _CHECKSUM_KEYS = ("ETag", "etag", "checksum", "md5", "md5Hash", "crc32c", "ContentMD5", "sha256")  # in fs.info, by store
 
 def files_fingerprint(
@@ -161,13 +178,11 @@ def files_fingerprint(
     storage_options: dict = None, # fsspec options for remote files
 ) -> list | None:
     "[[name, checksum], ...] of the files `source` names, sorted; None when one has no checksum (or cannot be listed)"
-    import fsspec
     from fsspec.implementations.local import LocalFileSystem
     from mlflow_template.core import sha256_file
     try:
-        fs, path = fsspec.core.url_to_fs(expand_env(source), **(storage_options or {}))
+        fs, paths = source_files(source, storage_options)
         local = isinstance(fs, LocalFileSystem)
-        paths = sorted(p for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file") if _has_magic(fs, path) else [path]
         out = []
         for p in paths:
             if local: out.append([p, sha256_file(p)])
@@ -179,7 +194,7 @@ def files_fingerprint(
         return out or None
     except (OSError, ValueError, ImportError): return None  # read_files says what is wrong when acquire runs
 
-# %% ../nbs/02_acquire_files.ipynb #1cc5f5a9
+# %% ../nbs/02_acquire_files.ipynb #5895dccb
 _PACKED = (".gz", ".bz2", ".xz", ".zst", ".zip")  # a compressed text file unpacks to about 5 times its size
 
 def _text_ratio(fs, path: str, fmt: str, head: int = 1 << 20) -> float:
@@ -199,12 +214,9 @@ def files_size(
     storage_options: dict = None, # fsspec options for remote files
 ) -> tuple[int, int] | None:
     "(bytes on disk, estimated bytes in memory once read) of the files `source` names; None when they cannot be listed"
-    import fsspec
     try:
-        fs, path = fsspec.core.url_to_fs(expand_env(source), **(storage_options or {}))
-        infos = ({p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"} if _has_magic(fs, path)
-                 else {path: fs.info(path)})
-        if not infos: return None
+        fs, paths = source_files(source, storage_options)
+        infos = {p: fs.info(p) for p in paths}
         disk = sum(int(i.get("size") or 0) for i in infos.values())
         first = sorted(infos)[0]
         if fmt == "parquet":
