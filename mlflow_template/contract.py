@@ -12,9 +12,66 @@ from .kinds import column_kind, is_text, parse_dates, parse_numbers, text_and_mi
 from .labels import label_text
 
 # %% auto #0
-__all__ = ['learn_contract', 'validate_rows', 'contract_report', 'records_frame', 'mismatch']
+__all__ = ['column_stats', 'merge_stats', 'contract_from_stats', 'learn_contract', 'validate_rows', 'contract_report',
+           'records_frame', 'mismatch']
 
-# %% ../nbs/00_contract.ipynb #5985ad9f
+# %% ../nbs/00_contract.ipynb #56a6e492
+def column_stats(
+    part: pd.DataFrame,  # the training split, or one partition of it
+    spec,                # the problem spec (`scope.ProblemSpec`)
+    roles: dict,         # from `feature_roles` (after `drop_columns`)
+) -> dict:
+    "What the contract needs of `part`, in a form that adds up over partitions (`merge_stats`)"
+    cols = {}
+    for role in ("numeric", "categorical", "datetime"):
+        for c in roles[role]:
+            s = part[c]
+            entry = {"role": role, "kind": column_kind(s), "dtype": str(s.dtype), "rows": len(s), "missing": int(s.isna().sum())}
+            if role == "categorical": entry["categories"] = set(map(str, s.dropna().unique()))
+            else: entry["min"], entry["max"] = (s.min(), s.max()) if s.notna().any() else (None, None)
+            cols[c] = entry
+    return {"columns": cols, "order": [c for c in part.columns if c in cols],
+            "classes": None if spec.task == "regression" else set(map(str, part[spec.target].dropna().unique()))}
+
+def merge_stats(
+    a: dict,  # `column_stats` of some rows
+    b: dict,  # `column_stats` of other rows (the same columns)
+) -> dict:
+    "The statistics of both parts' rows together"
+    cols = {}
+    for c, x in a["columns"].items():
+        y = b["columns"][c]
+        e = {**x, "rows": x["rows"] + y["rows"], "missing": x["missing"] + y["missing"]}
+        if "categories" in x: e["categories"] = x["categories"] | y["categories"]
+        else:
+            lo, hi = [v for v in (x["min"], y["min"]) if v is not None], [v for v in (x["max"], y["max"]) if v is not None]
+            e["min"], e["max"] = (min(lo) if lo else None), (max(hi) if hi else None)
+        cols[c] = e
+    return {"columns": cols, "order": a["order"], "classes": None if a["classes"] is None else a["classes"] | b["classes"]}
+
+def contract_from_stats(
+    stats: dict,                # `column_stats` of the training split (merged over its partitions)
+    spec,                       # the problem spec
+    roles: dict,                # from `feature_roles` (after `drop_columns`)
+    engineered: dict | None = None,  # ratios the preprocessing computes: {name: [numerator, denominator]}
+) -> dict:
+    "The data contract from the training split's statistics"
+    cols = {}
+    for c, e in stats["columns"].items():
+        entry = {"kind": e["kind"], "dtype": e["dtype"], "nullable": e["missing"] > 0,
+                 "missing_share": e["missing"] / e["rows"] if e["rows"] else 0.0}
+        if e["role"] == "numeric": entry.update(min=float("nan") if e["min"] is None else float(e["min"]),
+                                                max=float("nan") if e["max"] is None else float(e["max"]))
+        elif e["role"] == "datetime": entry.update(min=None if e["min"] is None else e["min"].isoformat(),
+                                                   max=None if e["max"] is None else e["max"].isoformat())
+        else: entry["categories"] = sorted(e["categories"])
+        cols[c] = entry
+    return {"version": 1, "target": spec.target, "task": spec.task, "positive_class": spec.positive_class,
+            "classes": None if stats["classes"] is None else sorted(stats["classes"]), "id_column": spec.id_column,
+            "time_column": spec.time_column, "features": stats["order"], "columns": cols,
+            "dropped": dict(roles.get("dropped", {})),
+            "engineered": {n: {"numerator": a, "denominator": b} for n, (a, b) in (engineered or {}).items()}}
+
 def learn_contract(
     train: pd.DataFrame,        # the training split
     spec,                       # the problem spec (`scope.ProblemSpec`)
@@ -22,23 +79,7 @@ def learn_contract(
     engineered: dict | None = None,  # ratios the preprocessing computes: {name: [numerator, denominator]}
 ) -> dict:
     "The data contract: what a valid input row looks like, learned from `train`"
-    cols = {}
-    for kind in ("numeric", "categorical", "datetime"):
-        for c in roles[kind]:
-            s = train[c]
-            entry = {"kind": column_kind(s), "dtype": str(s.dtype),
-                     "nullable": bool(s.isna().any()), "missing_share": float(s.isna().mean()) if len(s) else 0.0}
-            if kind == "numeric": entry.update(min=float(s.min()), max=float(s.max()))
-            elif kind == "datetime":
-                entry.update(min=None if pd.isna(s.min()) else s.min().isoformat(), max=None if pd.isna(s.max()) else s.max().isoformat())
-            else: entry["categories"] = sorted(map(str, s.dropna().unique()))
-            cols[c] = entry
-    features = [c for c in train.columns if c in cols]
-    classes = None if spec.task == "regression" else sorted(map(str, train[spec.target].unique()))
-    return {"version": 1, "target": spec.target, "task": spec.task, "positive_class": spec.positive_class,
-            "classes": classes, "id_column": spec.id_column, "time_column": spec.time_column,
-            "features": features, "columns": cols, "dropped": dict(roles.get("dropped", {})),
-            "engineered": {n: {"numerator": a, "denominator": b} for n, (a, b) in (engineered or {}).items()}}
+    return contract_from_stats(column_stats(train, spec, roles), spec, roles, engineered)
 
 # %% ../nbs/00_contract.ipynb #d4ec238b
 _BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False, "t": True, "f": False,
