@@ -18,8 +18,8 @@ from .settings import option_problems
 
 # %% auto #0
 __all__ = ['FORMATS', 'SQL_DIALECTS', 'FORMAT_OPTIONS', 'OPTIONS', 'redact', 'source_format', 'check_options', 'expand_env',
-           'env_secrets', 'scrub', 'flatten_nested', 'records_of', 'load_source', 'source_fingerprint', 'snapshot',
-           'check_acquired', 'acquire']
+           'env_secrets', 'scrub', 'flatten_nested', 'records_of', 'load_source', 'source_fingerprint',
+           'different_snapshot', 'provenance', 'snapshot', 'check_acquired', 'acquire']
 
 # %% ../nbs/02_acquire.ipynb #fcdc5f88
 def redact(
@@ -225,7 +225,7 @@ FORMAT_OPTIONS = {"sql": ("table", "query"), "json": ("records_key", "flatten"),
                           "timeout", "retries", "auth_env", "headers_env", "flatten")}  # the options each format reads
 OPTIONS = tuple(dict.fromkeys(o for opts in FORMAT_OPTIONS.values() for o in opts))  # every option a runbook sets
 
-# %% ../nbs/02_acquire.ipynb #5a18ec67
+# %% ../nbs/02_acquire.ipynb #021244c5
 def _same_snapshot(
     path: Path,       # an existing snapshot
     df: pd.DataFrame, # the data just read
@@ -239,6 +239,32 @@ def _same_snapshot(
         df.to_parquet(Path(d) / path.name, index=False)
         return held == sha256_frame(pd.read_parquet(Path(d) / path.name))
 
+def different_snapshot(
+    path: Path,   # the snapshot already there
+    source: str,  # the source read again
+) -> FileExistsError:
+    "The error for other data acquired into a run folder that already holds a snapshot"
+    return FileExistsError(f"{path}: this run already holds a raw snapshot with different content; raw data is never "
+                           f"overwritten: start a new run (a new run folder) to acquire {redact(source)}")
+
+def provenance(
+    source: str,          # where the data came from
+    format: str,          # the format it was read as ("": from the source)
+    options: dict | None, # the load_source options used; those this format reads and that are set are recorded
+    rows: int,            # rows as read
+    dtypes: pd.Series,    # the columns and their types
+    content: str,         # `core.sha256_frame` of the data (or built part by part: `core.FrameHash`)
+    path: Path,           # the snapshot
+) -> dict:
+    "The provenance record of a snapshot: the source without secrets, format, options, time, rows, columns, types, hashes"
+    fmt = source_format(source, format)
+    used = {k: v for k, v in (options or {}).items()
+            if k in FORMAT_OPTIONS.get(fmt, ()) and v is not None and v != "" and v != {} and v is not False}
+    return {"source": redact(source), "format": fmt, **({"options": used} if used else {}),
+            "acquired_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "rows": int(rows), "columns": [str(c) for c in dtypes.index], "dtypes": {str(c): str(t) for c, t in dtypes.items()},
+            "content_sha256": content, "snapshot": path.name, "snapshot_sha256": sha256_file(path)}
+
 def snapshot(
     df: pd.DataFrame,        # the data as read
     path: str | Path,        # where the raw snapshot goes (Parquet)
@@ -248,21 +274,12 @@ def snapshot(
     options: dict = None,    # the load_source options used; those this format reads and that are set are recorded
 ) -> dict:
     "Write the raw snapshot once, atomically and read-only, and return its provenance record; different data for an existing snapshot is an error"
-    fmt, path = source_format(source, format), Path(path)
-    used = {k: v for k, v in (options or {}).items()
-            if k in FORMAT_OPTIONS.get(fmt, ()) and v is not None and v != "" and v != {} and v is not False}
-    content = sha256_frame(df)
+    path, content = Path(path), sha256_frame(df)
     if path.exists():
-        if not _same_snapshot(path, df, content):
-            raise FileExistsError(f"{path}: this run already holds a raw snapshot with different content; raw data is "
-                                  f"never overwritten: start a new run (a new run folder) to acquire {redact(source)}")
+        if not _same_snapshot(path, df, content): raise different_snapshot(path, source)
     else:
         with atomic_path(path, mode=0o444) as tmp: df.to_parquet(tmp, index=False)  # read-only as it takes its name
-    return {"source": redact(source), "format": fmt, **({"options": used} if used else {}),
-            "acquired_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "rows": int(len(df)), "columns": [str(c) for c in df.columns],
-            "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
-            "content_sha256": content, "snapshot": path.name, "snapshot_sha256": sha256_file(path)}
+    return provenance(source, format, options, len(df), df.dtypes, content, path)
 
 # %% ../nbs/02_acquire.ipynb #f6a25950
 def check_acquired(

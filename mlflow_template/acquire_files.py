@@ -194,7 +194,7 @@ def files_fingerprint(
         return out or None
     except (OSError, ValueError, ImportError): return None  # read_files says what is wrong when acquire runs
 
-# %% ../nbs/02_acquire_files.ipynb #5895dccb
+# %% ../nbs/02_acquire_files.ipynb #d0db1928
 _PACKED = (".gz", ".bz2", ".xz", ".zst", ".zip")  # a compressed text file unpacks to about 5 times its size
 
 def _text_ratio(fs, path: str, fmt: str, head: int = 1 << 20) -> float:
@@ -219,14 +219,14 @@ def files_size(
         infos = {p: fs.info(p) for p in paths}
         disk = sum(int(i.get("size") or 0) for i in infos.values())
         first = sorted(infos)[0]
-        if fmt == "parquet":
+        if fmt == "parquet":  # only the first file is opened: its rows per byte on disk scale to the others
             import pyarrow.parquet as pq
-            rows = 0
-            for p in infos:
-                with fs.open(p, "rb") as f: rows += pq.ParquetFile(f).metadata.num_rows
-            with fs.open(first, "rb") as f: batch = next(pq.ParquetFile(f).iter_batches(batch_size=10_000), None)
+            with fs.open(first, "rb") as f:
+                pf = pq.ParquetFile(f)
+                batch, rows = next(pf.iter_batches(batch_size=10_000), None), pf.metadata.num_rows
             if batch is None or not batch.num_rows: return disk, 0
-            return disk, int(rows * batch.to_pandas().memory_usage(deep=True, index=False).sum() / batch.num_rows)
+            per_row = batch.to_pandas().memory_usage(deep=True, index=False).sum() / batch.num_rows
+            return disk, int(per_row * rows * disk / max(int(infos[first].get("size") or 0), 1))
         packed = 5 if str(first).lower().endswith(_PACKED) else 1
         return disk, int(disk * packed * _text_ratio(fs, first, fmt))
     except (OSError, ValueError, ImportError): return None

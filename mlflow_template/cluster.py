@@ -15,7 +15,7 @@ __all__ = ['SCHEDULER_ENV', 'ADDRESS_SCHEMES', 'ClusterSpec', 'parse_cluster', '
            'check_workers', 'connect', 'RunCluster', 'workers_table', 'describe', 'describe_markdown', 'joblib_on',
            'Busy', 'busy']
 
-# %% ../nbs/00_cluster.ipynb #c5edea28
+# %% ../nbs/00_cluster.ipynb #5c45fd41
 SCHEDULER_ENV = "MLFLOW_TEMPLATE_SCHEDULER"  # the address of the runner's LocalCluster, for the stages it runs
 ADDRESS_SCHEMES = ("tcp", "tls", "ws", "wss")
 _LOCAL_OPTIONS = {"workers": int, "threads": int, "memory": str}
@@ -28,10 +28,6 @@ class ClusterSpec:
     workers: int = 2        # local: worker processes
     threads: int = 1        # local: threads per worker
     memory: str = "auto"    # local: each worker's memory limit ("4GiB"; auto: an equal share of this machine's)
-
-    def __str__(self):
-        if self.kind == "address": return self.address
-        return f"local ({self.workers} worker{'s' * (self.workers != 1)} x {self.threads} thread{'s' * (self.threads != 1)}, {self.memory} each)"
 
 def _local_option(key: str, value: str):
     "One option of `local?...`, checked: workers and threads whole numbers from 1, memory a size Dask reads"
@@ -50,9 +46,9 @@ def parse_cluster(
     value: str,  # the `cluster` setting
 ) -> ClusterSpec | None:
     "None for empty (in process); else the LocalCluster or scheduler the setting names, or a ValueError saying what is wrong"
+    if value is not None and not isinstance(value, str): raise ValueError(f"cluster must be text (local, or tcp://host:8786), got {value!r}")
     value = (value or "").strip()
     if not value: return None
-    if not isinstance(value, str): raise ValueError(f"cluster must be text (local, or tcp://host:8786), got {value!r}")
     head, _, query = value.partition("?")
     if head == "local":
         return ClusterSpec("local", **{k: _local_option(k, v) for k, v in parse_qsl(query, keep_blank_values=True)})
@@ -111,7 +107,7 @@ def check_fits(
                           f"and prepare it in partitions")
     return {"disk_bytes": size[0], "memory_bytes": size[1], "needed_bytes": need, "available_bytes": int(available)}
 
-# %% ../nbs/00_cluster.ipynb #5c7a1b0e
+# %% ../nbs/00_cluster.ipynb #2247214b
 def start_local(
     spec: ClusterSpec,  # a local spec from `parse_cluster`
 ):
@@ -149,7 +145,8 @@ def _joblib_backend() -> None:
 
     class FoldsOnCluster(DaskDistributedBackend):
         # joblib's backend sends every loop to the cluster whatever its n_jobs, nested ones too (a ColumnTransformer's
-        # blocks inside a fold's task became tasks of their own, ~10 ms each): n_jobs 1 or unset now means "here"
+        # blocks inside a fold's task became tasks of their own, ~10 ms each): n_jobs=1 now means "here", as does an unset
+        # n_jobs in this process (on a worker, joblib gives nested loops n_jobs=-1)
         def effective_n_jobs(self, n_jobs): return 1 if n_jobs in (None, 1) else super().effective_n_jobs(n_jobs)
     register_parallel_backend("dask", FoldsOnCluster)
 

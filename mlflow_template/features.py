@@ -315,7 +315,7 @@ def _numeric_steps(clip_method: str, clip, iqr_k: float) -> list:
     return ([("clip", clipper)] if clipper else []) + [("impute", SimpleImputer(strategy="median", add_indicator=True)),
                                                       ("scale", StandardScaler())]
 
-# %% ../nbs/00_features.ipynb #c452a534
+# %% ../nbs/00_features.ipynb #cc2ceacf
 def build_preprocessor(
     roles: dict,                          # from `feature_roles`: numeric, categorical and datetime columns
     clip: tuple | None = (0.005, 0.995),  # quantiles numbers are clipped to with clip_method "quantile"; None: no clipping
@@ -340,8 +340,8 @@ def build_preprocessor(
                        [c for c in roles["numeric"] if c in used]))
     if not any(b[2] for b in blocks):
         raise ValueError(f"no feature columns left to learn from (dropped: {roles.get('dropped') or 'none'})")
-    # n_jobs=1: its blocks are fitted one after another in the process that fits it; with joblib's Dask backend the default
-    # would send every block of every fold to the cluster as a task of its own, nested in the fold's task
+    # n_jobs=1: its blocks are fitted one after another in the process that fits it. Unset, a fold fitted on a Dask worker
+    # would send each block to the cluster as a task of its own (joblib's nested loops there default to every thread)
     return ColumnTransformer([b for b in blocks if b[2]], remainder="drop", verbose_feature_names_out=True, n_jobs=1)
 
 # %% ../nbs/00_features.ipynb #f12556b3

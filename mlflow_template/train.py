@@ -301,7 +301,7 @@ def search(
     best = rows[_pick(rows, n_defaults)]
     return SearchResult(make(best["params"], best["transform"]), rows, n_defaults)
 
-# %% ../nbs/05_train.ipynb #80e251e4
+# %% ../nbs/05_train.ipynb #2ff4541c
 def trial_table(
     s: SearchResult,    # a search
     family: str,        # the family it searched
@@ -351,7 +351,7 @@ def ensemble_of(
 ):
     "A voting ensemble of the pipelines (soft voting for classifiers): scikit-learn's own, so it loads under the reviewed types"
     members = [(f, clone(p)) for f, p in pipelines.items()]
-    # n_jobs=1: members are fitted in the process fitting the ensemble (a fold's task on a cluster), not as nested tasks
+    # n_jobs=1: members are fitted in the process fitting the ensemble (a fold's task on a Dask worker), not as nested tasks
     return VotingRegressor(members, n_jobs=1) if spec.task == "regression" else VotingClassifier(members, voting="soft", n_jobs=1)
 
 def _ensemble_row(spec, found: dict, board: pd.DataFrame, X, y, splitter, groups, n_jobs) -> tuple[dict, object, list]:

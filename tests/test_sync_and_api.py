@@ -46,8 +46,8 @@ def test_stale_readme_is_named(copy):
 
 PUBLIC_API = {
     "acquire": {'FORMATS', 'FORMAT_OPTIONS', 'OPTIONS', 'SQL_DIALECTS', 'acquire', 'check_acquired', 'check_options',
-                'env_secrets', 'expand_env', 'flatten_nested', 'load_source', 'records_of', 'redact', 'scrub',
-                'snapshot', 'source_fingerprint', 'source_format'},
+                'different_snapshot', 'env_secrets', 'expand_env', 'flatten_nested', 'load_source', 'provenance',
+                'records_of', 'redact', 'scrub', 'snapshot', 'source_fingerprint', 'source_format'},
     "acquire_api": {'PAGING', 'quiet_log', 'read_api', 'retrying_session'},
     "acquire_files": {'PROGRESS_BYTES', 'files_fingerprint', 'files_size', 'read_files', 'source_files'},
     "acquire_sql": {'read_sql'},
