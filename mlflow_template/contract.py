@@ -13,7 +13,7 @@ from .labels import label_text
 
 # %% auto #0
 __all__ = ['column_stats', 'merge_stats', 'contract_from_stats', 'learn_contract', 'validate_rows', 'contract_report',
-           'records_frame', 'mismatch']
+           'merge_reports', 'records_frame', 'mismatch']
 
 # %% ../nbs/00_contract.ipynb #56a6e492
 def column_stats(
@@ -145,7 +145,13 @@ def validate_rows(
         elif dtype == "bool": accepted = accepted.astype({c: bool})
     return accepted, df.loc[bad].assign(quarantine_reason=reasons[bad])
 
-# %% ../nbs/00_contract.ipynb #239ae4bc
+# %% ../nbs/00_contract.ipynb #fce25711
+_COUNTS = ["missing", "missing (required)", "wrong type", "below min", "above max", "unseen category"]
+
+def _status(counts) -> str:
+    return ("quarantined rows" if counts["missing (required)"] or counts["wrong type"] else
+            "warning" if counts["below min"] or counts["above max"] or counts["unseen category"] else "ok")
+
 def contract_report(
     df: pd.DataFrame,  # new data
     contract: dict,    # from `learn_contract`
@@ -162,8 +168,7 @@ def contract_report(
         counts = {"missing": int(chk["missing"].sum()), "missing (required)": int(required.sum()),
                   "wrong type": int(chk["wrong"].sum()), "below min": int(chk["below"].sum()),
                   "above max": int(chk["above"].sum()), "unseen category": int(chk["unseen"].sum())}
-        status = ("quarantined rows" if counts["missing (required)"] or counts["wrong type"] else
-                  "warning" if counts["below min"] or counts["above max"] or counts["unseen category"] else "ok")
+        status = _status(counts)
         examples = pd.Series(df[c][chk["unseen"] | chk["wrong"]].astype(str).unique()[:3])
         rows.append({"column": c, "kind": rule["kind"], "rows": len(df), **counts, "status": status,
                      "examples": ", ".join(examples)})
@@ -171,6 +176,18 @@ def contract_report(
     cols = ["column", "kind", "rows", "missing", "missing (required)", "wrong type", "below min", "above max",
             "unseen category", "status", "examples"]
     return pd.DataFrame(rows, columns=cols)
+
+def merge_reports(
+    reports: list,  # `contract_report` of each part of one table (partitions), in order
+) -> pd.DataFrame:
+    "The `contract_report` of the parts together: counts added, status decided on the sums, the first examples"
+    first = reports[0].set_index("column")
+    total = pd.concat(reports).groupby("column", sort=False)
+    out = first.assign(rows=total["rows"].sum(min_count=1), **{c: total[c].sum(min_count=1) for c in _COUNTS})
+    ex = total["examples"].agg(lambda e: ", ".join(dict.fromkeys(x for v in e.dropna() for x in str(v).split(", ") if x)))
+    counted = out["missing"].notna()
+    out.loc[counted, "status"] = [_status(r) for _, r in out[counted].iterrows()]
+    return out.assign(examples=ex.where(counted).map(lambda v: ", ".join(v.split(", ")[:3]) if isinstance(v, str) else v)).reset_index()
 
 # %% ../nbs/00_contract.ipynb #336265f5
 def records_frame(

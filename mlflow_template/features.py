@@ -23,27 +23,37 @@ from .labels import is_positive
 from .scope import ProblemSpec
 
 # %% auto #0
-__all__ = ['TIME_COLUMN_REASON', 'CLIP_METHODS', 'check_fraction', 'feature_roles', 'drop_columns', 'leakage_check', 'Clipper',
-           'check_quantiles', 'QuantileClipper', 'check_iqr_k', 'iqr_fences', 'IQRClipper', 'DateFeatures',
-           'check_ratios', 'RatioFeatures', 'check_clip_method', 'build_preprocessor', 'clip_report', 'ratio_report']
+__all__ = ['TIME_COLUMN_REASON', 'CLIP_METHODS', 'column_profile', 'check_fraction', 'feature_roles', 'drop_columns',
+           'leakage_check', 'Clipper', 'check_quantiles', 'QuantileClipper', 'check_iqr_k', 'iqr_fences', 'IQRClipper',
+           'DateFeatures', 'check_ratios', 'RatioFeatures', 'check_clip_method', 'build_preprocessor', 'clip_report',
+           'ratio_report']
 
-# %% ../nbs/00_features.ipynb #065d4836
+# %% ../nbs/00_features.ipynb #7cb71f68
 _ID_NAME = re.compile(r"(^|[_\W])(id|uuid|guid|key|no|num|number)$", re.IGNORECASE)
 _CAMEL_ID = re.compile(r"[a-z0-9](Id|ID)$")  # customerId, AccountID
 TIME_COLUMN_REASON = "the time column: used to split and to watch trends, not a feature"
 
-def _id_like(s: pd.Series, nunique: int, share: float, min_values: int) -> str | None:
-    "Why `s` looks like an identifier, or None"
-    present = int(s.notna().sum())
+def _id_like(s: pd.Series, p: dict, share: float, min_values: int) -> str | None:
+    "Why `s` (its `column_profile` is `p`) looks like an identifier, or None"
+    present, nunique = p["present"], p["nunique"]
     if present < min_values or nunique < share * present: return None
     unique = f"{nunique / present:.0%} of {present:,} values unique"
     if pd.api.types.is_bool_dtype(s) or pd.api.types.is_float_dtype(s) or pd.api.types.is_datetime64_any_dtype(s): return None
     if pd.api.types.is_integer_dtype(s):
-        dense = int(s.max()) - int(s.min()) + 1 <= 2 * nunique
+        dense = p["max"] - p["min"] + 1 <= 2 * nunique
         if dense or _ID_NAME.search(str(s.name)) or _CAMEL_ID.search(str(s.name)):
             return f"id-like: {unique}, whole numbers {'in a dense range' if dense else 'named like an id'}"
         return None
     return f"id-like: {unique} (text)"
+
+def column_profile(
+    s: pd.Series,  # a cleaned column
+) -> dict:
+    "What `feature_roles` judges a column by: rows, present and distinct values, the value when there is one, the range of whole numbers"
+    n, present = int(s.nunique(dropna=True)), int(s.notna().sum())
+    ints = pd.api.types.is_integer_dtype(s) and not pd.api.types.is_bool_dtype(s) and present > 0
+    return {"rows": len(s), "present": present, "nunique": n, "value": s.dropna().iloc[0] if n == 1 else None,
+            "min": int(s.min()) if ints else None, "max": int(s.max()) if ints else None}
 
 # %% ../nbs/00_features.ipynb #c6303558
 def _is_number(v) -> bool: return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
@@ -58,13 +68,14 @@ def check_fraction(
     if not (_is_number(value) and (0 <= value if zero else 0 < value) and (value <= 1 if one else value < 1)):
         raise ValueError(f"{name} must be a number in {'[' if zero else '('}0, 1{']' if one else ')'}, got {value!r}")
 
-# %% ../nbs/00_features.ipynb #7c06730b
+# %% ../nbs/00_features.ipynb #374493e3
 def feature_roles(
     df: pd.DataFrame,              # the cleaned table
     spec: ProblemSpec,             # names the target, the id and the time column (none of them a feature)
     *,
     id_unique_share: float = 0.95,  # text or integer columns at least this unique are ids, not features
     min_id_values: int = 20,        # ... when they have at least this many values
+    profile: dict | None = None,    # {column: `column_profile`} of the whole table when `df` is only a sample of it
 ) -> dict:
     "Split the feature columns into numeric (booleans included), categorical and datetime; list dropped columns with the reason"
     check_fraction(id_unique_share, "id_unique_share")
@@ -73,10 +84,10 @@ def feature_roles(
         if col in (spec.target, spec.id_column): continue
         if spec.time_column and col == spec.time_column: roles["dropped"][col] = TIME_COLUMN_REASON; continue
         s = df[col]
-        n = s.nunique(dropna=True)
-        if n == 0: roles["dropped"][col] = "constant: missing in every row"; continue
-        if n == 1 and s.notna().all(): roles["dropped"][col] = f"constant: every value is {s.iloc[0]!r}"; continue
-        why = _id_like(s, n, id_unique_share, min_id_values)
+        p = profile[col] if profile is not None else column_profile(s)
+        if p["nunique"] == 0: roles["dropped"][col] = "constant: missing in every row"; continue
+        if p["nunique"] == 1 and p["present"] == p["rows"]: roles["dropped"][col] = f"constant: every value is {p['value']!r}"; continue
+        why = _id_like(s, p, id_unique_share, min_id_values)
         if why: roles["dropped"][col] = why; continue
         kind = column_kind(s)
         roles["numeric" if kind == "boolean" else kind].append(col)

@@ -15,10 +15,11 @@ from .settings import runbooks
 # %% auto #0
 __all__ = ['PRODUCERS', 'READS_ENV', 'RunFolder', 'open_run']
 
-# %% ../nbs/00_runfolder.ipynb #7edfa0f8
+# %% ../nbs/00_runfolder.ipynb #017b8ff8
 PRODUCERS = {
     "spec.json": "scope", "raw.parquet": "acquire", "provenance.json": "acquire",
     "train.parquet": "prepare", "valid.parquet": "prepare", "test.parquet": "prepare", "contract.json": "prepare",
+    "train_all.parquet": "prepare", "valid_all.parquet": "prepare", "test_all.parquet": "prepare",  # with a cluster, large splits whole
     "preprocessor.skops": "prepare", "prepare.json": "prepare", "profile.html": "explore", "explore.json": "explore",
     "model.skops": "train", "train.json": "train", "oof.parquet": "train", "metrics.json": "evaluate", "gate.json": "evaluate",
     "model_card.md": "evaluate", "scenarios.json": "evaluate", "deploy.json": "deploy", "drift.json": "monitor", "alerts.json": "monitor",

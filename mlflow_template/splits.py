@@ -13,9 +13,10 @@ from .features import check_fraction
 from .scope import ProblemSpec
 
 # %% auto #0
-__all__ = ['split_keys', 'split_units', 'split_cutoffs', 'assign_splits', 'check_split_sizes', 'split_data', 'check_ids_disjoint']
+__all__ = ['split_keys', 'split_strata', 'split_units', 'split_cutoffs', 'assign_splits', 'split_codes', 'check_split_sizes',
+           'split_data', 'check_ids_disjoint']
 
-# %% ../nbs/03_splits.ipynb #d608ac0f
+# %% ../nbs/03_splits.ipynb #861fffc6
 def _hash_key(seed: int) -> str:
     "The 16-character key pandas' row hash takes, from the seed"
     return hashlib.sha256(f"mlflow-template split {seed}".encode()).hexdigest()[:16]
@@ -26,12 +27,18 @@ def split_keys(
 ) -> np.ndarray:
     "A seeded 64-bit hash per row: of its id (rows of an id share it) or, without an id, of all its values"
     key = _hash_key(spec.seed)
-    whole = pd.util.hash_pandas_object(df, index=False, hash_key=key).to_numpy()
+    # whole numbers hashed as floats: a column of numbers read from text is a float in one partition and whole (cast
+    # to integers) over the table; the key must not depend on that
+    ints = {c: "float64" for c in df.columns if pd.api.types.is_integer_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])}
+    whole = pd.util.hash_pandas_object(df.astype(ints) if ints else df, index=False, hash_key=key).to_numpy()
     if not (spec.id_column and spec.id_column in df.columns): return whole
     ids = df[spec.id_column]
     return np.where(ids.isna().to_numpy(), whole, pd.util.hash_pandas_object(ids, index=False, hash_key=key).to_numpy())
 
-def _strata(df: pd.DataFrame, spec: ProblemSpec) -> np.ndarray:
+def split_strata(
+    df: pd.DataFrame,   # the cleaned table, or one partition of it
+    spec: ProblemSpec,  # the task and the target
+) -> np.ndarray:
     "Each row's stratum as text: its class (classification) or one stratum for all (regression)"
     if spec.task == "regression": return np.full(len(df), "", dtype=object)
     return df[spec.target].astype(str).to_numpy()
@@ -81,7 +88,24 @@ def _by_time(time: pd.Series, keys: np.ndarray, a: float, b: float) -> list:
     part = np.where(start < int(n * a), 0, np.where(start < int(n * b), 1, 2))
     return [order[part == i] for i in range(3)]
 
-# %% ../nbs/03_splits.ipynb #0aaca057
+def split_codes(
+    keys: np.ndarray,        # `split_keys` of every row of the table
+    strata: np.ndarray,      # their `split_strata`
+    test_size: float,        # share of rows in the test split
+    valid_size: float,       # share in the validation split
+    time: pd.Series = None,  # each row's time: split by time (oldest first) instead
+) -> np.ndarray:
+    "Each row's split: 0 train, 1 valid, 2 test"
+    if time is None:
+        units = split_units(keys, strata)
+        if len(units) < len(keys):  # an id's rows go by the id's stratum, so the id stays whole even when its classes differ
+            strata = pd.Series(units.stratum.to_numpy(), index=units.key.to_numpy()).reindex(keys).to_numpy()
+        return assign_splits(keys, strata, split_cutoffs(units, test_size, valid_size))
+    out = np.empty(len(keys), np.int8)
+    for i, rows in enumerate(_by_time(time, keys, 1 - test_size - valid_size, 1 - test_size)): out[rows] = i
+    return out
+
+# %% ../nbs/03_splits.ipynb #ee84094e
 def check_split_sizes(test_size, valid_size) -> None:
     "ValueError unless both split sizes are shares above 0 whose sum is below 1"
     check_fraction(test_size, "test_size", one=False)
@@ -98,12 +122,9 @@ def split_data(
     "Split into train, valid and test without leaking an id (or the future) across them"
     check_split_sizes(test_size, valid_size)
     by_time = bool(spec.time_column) if by_time is None else by_time
-    keys = split_keys(df, spec)
-    if by_time:
-        if spec.time_column not in df.columns: raise KeyError(f"time_column {spec.time_column!r} is not a column of the data")
-        return tuple(df.iloc[p] for p in _by_time(df[spec.time_column], keys, 1 - test_size - valid_size, 1 - test_size))
-    strata = _strata(df, spec)
-    part = assign_splits(keys, strata, split_cutoffs(split_units(keys, strata), test_size, valid_size))
+    if by_time and spec.time_column not in df.columns: raise KeyError(f"time_column {spec.time_column!r} is not a column of the data")
+    part = split_codes(split_keys(df, spec), split_strata(df, spec), test_size, valid_size,
+                       df[spec.time_column] if by_time else None)
     return df[part == 0], df[part == 1], df[part == 2]
 
 # %% ../nbs/03_splits.ipynb #726fa761

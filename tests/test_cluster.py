@@ -35,7 +35,10 @@ def test_the_pipeline_on_a_local_cluster_matches_the_run_in_process(project, goo
     assert prov["partitions"] == 5 and prov["content_sha256"] == read(here_run, "provenance.json")["content_sha256"], prov
     assert "Ran on the Dask cluster at" in (on / "02_acquire.html").read_text()
     assert read(on, "contract.json") == read(here_run, "contract.json")
-    assert read(on, "prepare.json")["splits"] == read(here_run, "prepare.json")["splits"]  # rows and content hashes
+    prepared = read(on, "prepare.json")  # prepared over the snapshot's five partitions, every split held whole
+    assert prepared["splits"] == read(here_run, "prepare.json")["splits"]  # rows and content hashes
+    assert prepared["partitions"] == 5 and all(s["file"] is None for s in prepared["sample"].values()), prepared["sample"]
+    assert "rows held here" in (on / "03_prepare.html").read_text()
 
     where = read(on, "train.json")["cluster"]
     assert where["workers"] == 2 and where["cluster"].startswith("tcp://127.0.0.1:"), where
