@@ -126,7 +126,7 @@ def baseline(X: pd.DataFrame, task: str, kind: str) -> Pipeline:
 def template_options() -> tuple[dict, dict]:
     "The prepare and train (+ refit) options a default run uses: runbook defaults overlaid with settings.ini (data-specific ones reset)"
     params = load_parameters()
-    prep = {k: v for k, v in params["prepare"].items() if k != "run_dir"}
+    prep = {k: v for k, v in params["prepare"].items() if k not in ("run_dir", "cluster", "sample_rows")}
     for k in DATA_SPECIFIC:
         if k in prep: prep[k] = {}
     t = params["train"]

@@ -6,11 +6,15 @@ in a child process whose whole process tree (the client and the cluster's worker
 
 - acquire: `acquire_dask.acquire_partitioned` with `cluster = local?workers=W&threads=1&memory=M` (the workers read
   the row groups; the snapshot streams into one Parquet file), or `acquire.acquire` in process;
+- prepare: `prepare_dask.prepare_partitioned` on the snapshot (splits larger than `sample_rows`, 250,000 by default,
+  written whole and sampled), or `prepare.prepare_data` in process;
 - batch scoring: the real `mlflow-template score` CLI, with `--cluster local?...` or in process, with a default-like
-  model (benchmarks/score_time.py's: the project's preprocessor + LogisticRegression) promoted into a temporary store.
+  model (benchmarks/score_time.py's: the project's preprocessor + LogisticRegression) promoted into a temporary store;
+- monitor: the check of the whole table (labelled) with that model against the prepared training rows:
+  `monitor_dask.check_partitioned` on the cluster, `monitor.check_batch` in process.
 
 Prints, per stage and mode: seconds, the client process's peak resident memory and the peak of the whole tree at one
-moment (MiB). prepare and monitor do not run on the cluster yet (issue 12), so they are not measured here.
+moment (MiB).
 
     .venv/bin/python benchmarks/cluster_scale.py [--rows 10000000] [--baseline-rows 1000000] [--workers 2] [--memory 5GiB]
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,6 +92,69 @@ def child_acquire(src: str, raw: str, cluster: str) -> None:
     print(json.dumps({k: prov[k] for k in ("rows", "content_sha256")} | {"partitions": prov.get("partitions", 1)}))
 
 
+def child_prepare(raw: str, out: str, cluster: str) -> None:
+    "The prepare stage on the snapshot `raw` (splits into `out`), on the cluster or in this process; prints its split rows as JSON"
+    from mlflow_template.cluster import connect
+    from mlflow_template.prepare import prepare_data
+    from mlflow_template.prepare_dask import prepare_partitioned
+    from mlflow_template.scope import ProblemSpec
+    spec = ProblemSpec(target="churn", task="binary", positive_class="Yes", id_column="customer_id")
+    with connect(cluster) as client:
+        prep = (prepare_partitioned(raw, spec, client, out) if client else prepare_data(pd.read_parquet(raw), spec))
+    for name, part in prep.splits.items(): part.to_parquet(Path(out) / f"{name}.parquet")
+    print(json.dumps({n: s["rows"] for n, s in prep.report["splits"].items()} | {"held": len(prep.train)}))
+
+
+def child_monitor(src: str, prepared: str, cluster: str) -> None:
+    "The monitor's check of the table `src` with the promoted model (reference: the prepared training rows held), on the cluster or here"
+    from mlflow_template.cluster import connect
+    from mlflow_template.deploy import load_model
+    from mlflow_template.monitor import check_batch
+    from mlflow_template.monitor_dask import check_partitioned
+    from mlflow_template.scope import ProblemSpec
+    spec = ProblemSpec(target="churn", task="binary", positive_class="Yes", id_column="customer_id")
+    model, contract, _ = load_model("bench_churn")
+    reference = pd.read_parquet(Path(prepared) / "train.parquet")
+    with connect(cluster) as client:
+        check = (check_partitioned(reference, src, client, model, contract, spec, Path(prepared) / "quarantine.parquet", threshold=0.3)
+                 if client else check_batch(reference, pd.read_parquet(src), model, contract, spec, threshold=0.3))
+    print(json.dumps({"rows": check.rows, "accepted": check.n_accepted, "alerts": len(check.alerts)}))
+
+
+def run_stages(src: Path, d: Path, n: int, where: str, mode: str, env: dict) -> list:
+    "acquire, prepare, score and monitor of `src` once, each measured"
+    rows = []
+    raw, out = d / f"raw_{n}.parquet", d / f"prepared_{n}"
+    got = measure([sys.executable, __file__, "--child", "acquire", str(src), str(raw), where], env)
+    prov = json.loads(got.pop("out").strip().splitlines()[-1])
+    assert prov["rows"] == n, prov
+    rows.append({"stage": "acquire", "rows": n, "mode": mode, **got, "partitions": prov["partitions"]})
+    print(rows[-1], flush=True)
+    out.mkdir()
+    got = measure([sys.executable, __file__, "--child", "prepare", str(raw), str(out), where], env)
+    split = json.loads(got.pop("out").strip().splitlines()[-1])
+    assert split["train"] + split["valid"] + split["test"] == n, split
+    rows.append({"stage": "prepare", "rows": n, "mode": mode, **got, "partitions": prov["partitions"]})
+    print(rows[-1], split, flush=True)
+    raw.chmod(0o644)
+    raw.unlink()
+    cmd = [CLI, "score", "--source", str(src), "--output", str(d / "scores.parquet"), "--model", "bench_churn",
+           "--no-progress", *(["--cluster", where] if where else [])]
+    got = measure(cmd, env)
+    got.pop("out")
+    assert pq.ParquetFile(d / "scores.parquet").metadata.num_rows == n
+    rows.append({"stage": "score", "rows": n, "mode": mode, **got, "partitions": None})
+    print(rows[-1], flush=True)
+    (d / "scores.parquet").unlink()
+    got = measure([sys.executable, __file__, "--child", "monitor", str(src), str(out), where], env)
+    check = json.loads(got.pop("out").strip().splitlines()[-1])
+    assert check["rows"] == n, check
+    rows.append({"stage": "monitor", "rows": n, "mode": mode, **got, "partitions": prov["partitions"]})
+    print(rows[-1], check, flush=True)
+    shutil.rmtree(out)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10_000_000, help="rows of the table run on the cluster (default: 10,000,000)")
@@ -94,9 +162,10 @@ def main():
     ap.add_argument("--row-group", type=int, default=250_000, help="rows per Parquet row group (default: 250,000)")
     ap.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default: 2)")
     ap.add_argument("--memory", default="5GiB", help="each worker's memory limit (default: 5GiB)")
-    ap.add_argument("--child", nargs=3, metavar=("SRC", "RAW", "CLUSTER"), help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of every stage; the table shows medians (default: 3)")
+    ap.add_argument("--child", nargs=4, metavar=("STAGE", "IN", "OUT", "CLUSTER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child: return child_acquire(*args.child)
+    if args.child: return {"acquire": child_acquire, "prepare": child_prepare, "monitor": child_monitor}[args.child[0]](*args.child[1:])
     print(f"machine: {machine()}", flush=True)
     cluster = f"local?workers={args.workers}&threads=1&memory={args.memory}"
     sys.path.insert(0, str(HERE))
@@ -113,24 +182,12 @@ def main():
             write_table(src, n, args.row_group)
             print(f"{n:,} rows x 30 columns written in {time.perf_counter() - t:.0f} s ({src.stat().st_size / 2**20:,.0f} MiB)", flush=True)
             mode = f"cluster ({args.workers} workers, {args.memory} each)" if where else "in process"
-            got = measure([sys.executable, __file__, "--child", str(src), str(d / f"raw_{n}.parquet"), where], env)
-            prov = json.loads(got.pop("out").strip().splitlines()[-1])
-            assert prov["rows"] == n, prov
-            rows.append({"stage": "acquire", "rows": n, "mode": mode, **got, "partitions": prov["partitions"]})
-            print(rows[-1], flush=True)
-            (d / f"raw_{n}.parquet").chmod(0o644)
-            (d / f"raw_{n}.parquet").unlink()
-            cmd = [CLI, "score", "--source", str(src), "--output", str(d / "scores.parquet"), "--model", "bench_churn",
-                   "--no-progress", *(["--cluster", where] if where else [])]
-            got = measure(cmd, env)
-            got.pop("out")
-            assert pq.ParquetFile(d / "scores.parquet").metadata.num_rows == n
-            rows.append({"stage": "score", "rows": n, "mode": mode, **got, "partitions": None})
-            print(rows[-1], flush=True)
-            (d / "scores.parquet").unlink()
+            for _ in range(args.repeats): rows += run_stages(src, d, n, where, mode, env)
             src.unlink()
     print(f"\ncluster: {cluster}; the table: {args.row_group:,}-row row groups")
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    table = pd.DataFrame(rows).groupby(["rows", "mode", "stage"], sort=False)[["seconds", "client MiB", "tree MiB"]].median()
+    print(f"medians of {args.repeats} run(s)")
+    print(table.reset_index().to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def main():
     sc = params["scope"]  # the default data's problem, as settings.ini states it
     spec = ProblemSpec(target=sc["target"], task=sc["task"], positive_class=sc["positive_class"], id_column=sc["id_column"],
                        seed=sc["seed"], primary_metric=sc["primary_metric"])
-    prep_opts = {k: v for k, v in params["prepare"].items() if k != "run_dir"}
+    prep_opts = {k: v for k, v in params["prepare"].items() if k not in ("run_dir", "cluster", "sample_rows")}
     print(f"train options: {opts}", flush=True)
     prep = prepare_data(make_churn(args.rows, seed=42), spec, **prep_opts)
     features = prep.contract["features"]

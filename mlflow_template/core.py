@@ -14,7 +14,8 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['project_root', 'rel', 'atomic_path', 'plain', 'write_json', 'read_json', 'read_json_or_none', 'write_parquet',
-           'sha256_file', 'row_hashes', 'FrameHash', 'sha256_frame', 'sample_positions', 'package_versions', 'Appender']
+           'as_text', 'sha256_file', 'row_hashes', 'FrameHash', 'sha256_frame', 'sample_positions', 'package_versions',
+           'Appender']
 
 # %% ../nbs/00_core.ipynb #10efc754
 def project_root(
@@ -97,7 +98,7 @@ def read_json_or_none(path: str | Path):
     try: return read_json(path) if Path(path).is_file() else None
     except (OSError, ValueError): return None
 
-# %% ../nbs/00_core.ipynb #8a22077d
+# %% ../nbs/00_core.ipynb #2c7a08d1
 def write_parquet(
     path: str | Path,  # where to write
     df: pd.DataFrame,  # the table
@@ -105,6 +106,13 @@ def write_parquet(
     "Write `df` as Parquet, atomically"
     with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
     return Path(path)
+
+def as_text(
+    df: pd.DataFrame,  # any table
+) -> pd.DataFrame:
+    "Every column as text, missing kept missing: rows as read, storable whatever mix of types they hold (quarantined rows)"
+    text = lambda s: s.map(str, na_action="ignore").astype(object).where(s.notna(), None)
+    return pd.DataFrame({c: text(df[c]) for c in df.columns}, index=df.index)
 
 # %% ../nbs/00_core.ipynb #5db7e4c1
 def sha256_file(

@@ -26,8 +26,8 @@ from .settings import option_problems
 
 # %% auto #0
 __all__ = ['NOT_PROMOTED', 'MIN_HELD_OUT', 'ALERT_KINDS', 'population_stability_index', 'feature_drift', 'prediction_drift',
-           'drift_alerts', 'plot_drift', 'Watched', 'reference_data', 'watched_model', 'BatchCheck',
-           'quarantine_reasons', 'check_batch', 'check_options', 'write_check']
+           'drift_alerts', 'Watched', 'reference_data', 'watched_model', 'BatchCheck', 'quarantine_reasons',
+           'assemble_check', 'check_batch', 'check_options', 'write_check']
 
 # %% ../nbs/08_monitor.ipynb #dda09cc4
 _EPS = 1e-4  # share given to an empty bin so the log in PSI stays finite
@@ -127,7 +127,7 @@ def _compare(ref: pd.Series, cur: pd.Series, kind: str, name: str, p_threshold: 
                 ref_missing=float(ref.isna().mean()), cur_missing=float(cur.isna().mean()),
                 drifted=_is_drifted(p_value, value, p_threshold, psi_threshold))
 
-# %% ../nbs/08_monitor.ipynb #e589d7a7
+# %% ../nbs/08_monitor.ipynb #391ce401
 def feature_drift(
     reference: pd.DataFrame,     # the baseline, e.g. the training snapshot
     current: pd.DataFrame,       # the data to check, e.g. a later production batch
@@ -151,7 +151,7 @@ def feature_drift(
     rows = [_compare(ref[c], cur[c], column_kind(ref[c]), c, p_threshold, psi_threshold) for c in columns]
     out = pd.DataFrame(rows, columns=_DRIFT_COLUMNS).astype({"drifted": bool})
     out = out.sort_values(["drifted", "psi"], ascending=[False, False], kind="stable").reset_index(drop=True)
-    out.attrs.update(p_threshold=p_threshold, psi_threshold=psi_threshold)  # read by drift_alerts and plot_drift
+    out.attrs.update(p_threshold=p_threshold, psi_threshold=psi_threshold)  # read by drift_alerts and plots.plot_drift
     return out
 
 # %% ../nbs/08_monitor.ipynb #987b0873
@@ -217,28 +217,6 @@ def drift_alerts(
         alerts.append(dict(level="warning", kind="feature_drift", feature=r["feature"], psi=float(r["psi"]),
                            message=_feature_message(r, thr)))
     return alerts
-
-# %% ../nbs/08_monitor.ipynb #bc8e836f
-def plot_drift(
-    drift: pd.DataFrame,                  # the table from `feature_drift`
-    ax=None,                              # matplotlib Axes to draw on; default: a new figure
-    *,
-    psi_threshold: float | None = None,   # where to draw the threshold line; default: the one `feature_drift` used
-):
-    "Horizontal bars of PSI per feature, drifted features highlighted, with the threshold as a dashed line; returns the Axes"
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    if len(drift) == 0: raise ValueError("drift is empty: nothing to plot")
-    thr = psi_threshold if psi_threshold is not None else drift.attrs.get("psi_threshold", 0.2)
-    data = drift.assign(feature=drift["feature"].astype(str),
-                        status=np.where(drift["drifted"].astype(bool), "drifted", "stable"))
-    if ax is None: _, ax = plt.subplots(figsize=(6, 1 + 0.35 * len(data)))
-    sns.barplot(data=data, x="psi", y="feature", hue="status", hue_order=["drifted", "stable"],
-                palette={"drifted": "tab:red", "stable": "tab:gray"}, dodge=False, orient="h", ax=ax)
-    ax.axvline(thr, color="black", linestyle="--", linewidth=1, label=f"threshold {thr:g}")
-    ax.set(xlabel="PSI (unitless)", ylabel="feature", title="Feature drift: reference vs current")
-    ax.legend(loc="lower right")
-    return ax
 
 # %% ../nbs/08_monitor.ipynb #b3fd3d0e
 NOT_PROMOTED = "this run's model (not promoted)"
@@ -318,23 +296,29 @@ def watched_model(
     return Watched(model, run.read_json("contract.json"), spec, info, reference_data(run), "this run's prepared splits",
                    *_held_out_of_run(run, model, spec, info))
 
-# %% ../nbs/08_monitor.ipynb #2653bc61
+# %% ../nbs/08_monitor.ipynb #85f8aae2
 @dataclass
 class BatchCheck:
     "One batch checked against the reference and the watched model"
     rows: int                  # rows read
-    accepted: pd.DataFrame     # rows that meet the data contract, converted to its kinds
-    quarantined: pd.DataFrame  # rows that break it, as read, with `quarantine_reason`
+    accepted: pd.DataFrame     # rows that meet the data contract, converted to its kinds (on a cluster: a uniform sample of them)
+    quarantined: pd.DataFrame  # rows that break it, as read, with `quarantine_reason` (on a cluster: the first of them)
     drift: pd.DataFrame        # per-feature drift (`feature_drift`)
     prediction: dict           # drift of the model's scores (`prediction_drift`)
     alerts: list               # `drift_alerts`
     performance: pd.DataFrame  # the primary metric on labelled rows (`labelled_performance`)
     concept: dict | None = None  # `concept_drift` of the labelled rows against held-out reference rows (None: not checked)
+    counts: dict | None = None   # {"accepted", "quarantined", "reasons"} over all rows when the frames hold only some
+
+    @property
+    def n_accepted(self) -> int: return self.counts["accepted"] if self.counts else len(self.accepted)
+    @property
+    def n_quarantined(self) -> int: return self.counts["quarantined"] if self.counts else len(self.quarantined)
 
     def summary(self, source: str, model: str) -> dict:
         "The content of drift.json: where the batch came from, which model, rows, drift and performance"
-        return {"source": source, "model": model, "rows": self.rows, "accepted": len(self.accepted),
-                "quarantined": len(self.quarantined), "features": self.drift.to_dict(orient="records"),
+        return {"source": source, "model": model, "rows": self.rows, "accepted": self.n_accepted,
+                "quarantined": self.n_quarantined, "features": self.drift.to_dict(orient="records"),
                 "prediction": self.prediction, "performance": self.performance.to_dict(orient="records"),
                 "concept": self.concept}
 
@@ -349,39 +333,48 @@ def _scores(model, X: pd.DataFrame, spec) -> pd.Series:
     "One number per row for prediction drift: P(positive class), the top class's probability, or the predicted value"
     return predict_table(model, X, spec.task, spec.positive_class)["value" if spec.task == "regression" else "probability"]
 
+def assemble_check(
+    reference: pd.DataFrame,  # the reference: the run's prepared splits, with the target
+    rows: int,                # rows read
+    accepted: pd.DataFrame,   # the rows that meet the contract, or a uniform sample of them (`counts` then says how many)
+    quarantined: pd.DataFrame,  # the rows that break it (or the first of them)
+    scores,                   # the model's `_scores` of every accepted row
+    labelled: tuple,          # (y, scores) of every accepted row with a label (`concept.scored_rows`)
+    model, contract: dict, spec: ProblemSpec,  # the watched model, its contract, the problem
+    *, counts: dict | None = None, threshold: float | None = None, p_threshold: float = 0.01, psi_threshold: float = 0.2,
+    max_drifted_share: float = 0.3, held_out: tuple | None = None, alpha: float = 0.01,  # as `check_batch` takes them
+) -> BatchCheck:
+    "Feature, prediction and concept drift, alerts and labelled performance from what was read, in process or over partitions"
+    n_accepted = counts["accepted"] if counts else len(accepted)
+    if not n_accepted: raise ValueError(f"all {rows} rows of the current data break the data contract, nothing to check: " + "; ".join(
+        f"{r.reason} ({r.rows} rows)" for r in (counts["reasons"] if counts else quarantine_reasons(quarantined)).head(3).itertuples()))
+    feats, classes = contract["features"], getattr(model, "classes_", None)
+    drift = feature_drift(reference, accepted, feats, p_threshold=p_threshold, psi_threshold=psi_threshold)
+    pred = prediction_drift(_scores(model, reference[feats], spec), scores, p_threshold=p_threshold, psi_threshold=psi_threshold)
+    on = len(labelled[0]) > 0  # scored once labels arrive
+    perf, concept = labelled_performance(model, spec, {"reference (training snapshot)": reference} if on else {}, feats, threshold=threshold), None
+    if on: perf = pd.concat([perf, scored_performance(spec, "current", labelled, classes=classes, threshold=threshold).assign(
+        **{"labelled (share of rows)": len(labelled[0]) / n_accepted})], ignore_index=True)
+    if held_out is not None and on:  # the held-out rows were scored by a model that did not see them
+        perf = pd.concat([scored_performance(spec, "reference (held out)", held_out, classes=classes, threshold=threshold), perf],
+                         ignore_index=True)
+        concept = concept_drift(spec, held_out, labelled, classes=classes, threshold=threshold, alpha=alpha)
+    return BatchCheck(rows, accepted, quarantined, drift, pred,
+                      drift_alerts(drift, max_drifted_share=max_drifted_share, prediction=pred, concept=concept), perf, concept, counts)
+
 def check_batch(
     reference: pd.DataFrame,    # the reference: the run's prepared splits, with the target
     current_raw: pd.DataFrame,  # the batch as read from its source
     model,                      # the watched model (`watched_model`)
     contract: dict,             # its data contract
     spec: ProblemSpec,          # the target, task, positive class and primary metric
-    *,
-    threshold: float | None = None,  # binary: the deployed decision threshold, for performance
-    p_threshold: float = 0.01,       # a test's p-value below this is significant
-    psi_threshold: float = 0.2,      # a PSI at or above this is a large enough shift
-    max_drifted_share: float = 0.3,  # more than this share of drifted features is dataset drift
-    held_out: tuple | None = None,   # (y, scores): labelled reference rows scored by a model not fitted on them (`Watched.held_out`)
-    alpha: float = 0.01,             # concept drift: one-sided significance level of a drop in the primary metric
+    **options,                  # threshold, p_threshold, psi_threshold, max_drifted_share, held_out, alpha: see `assemble_check`
 ) -> BatchCheck:
     "Quarantine rows that break the contract, then feature, prediction and concept drift, alerts and labelled performance"
     accepted, quarantined = validate_rows(current_raw, contract)
-    if not len(accepted):
-        raise ValueError(f"all {len(current_raw)} rows of the current data break the data contract, nothing to check: "
-                         + "; ".join(f"{r.reason} ({r.rows} rows)" for r in quarantine_reasons(quarantined).head(3).itertuples()))
-    feats = contract["features"]
-    drift = feature_drift(reference, accepted, feats, p_threshold=p_threshold, psi_threshold=psi_threshold)
-    pred = prediction_drift(_scores(model, reference[feats], spec), _scores(model, accepted[feats], spec),
-                            p_threshold=p_threshold, psi_threshold=psi_threshold)
-    labelled = spec.target in accepted.columns and accepted[spec.target].notna().any()
-    frames = {"reference (training snapshot)": reference, "current": accepted} if labelled else {}  # scored once labels arrive
-    perf, concept = labelled_performance(model, spec, frames, feats, threshold=threshold), None
-    if held_out is not None and labelled:  # the held-out rows were scored by a model that did not see them
-        classes = getattr(model, "classes_", None)
-        perf = pd.concat([scored_performance(spec, "reference (held out)", held_out, classes=classes, threshold=threshold), perf],
-                         ignore_index=True)
-        concept = concept_drift(spec, held_out, scored_rows(model, spec, accepted, feats), classes=classes, threshold=threshold, alpha=alpha)
-    return BatchCheck(len(current_raw), accepted, quarantined, drift, pred,
-                      drift_alerts(drift, max_drifted_share=max_drifted_share, prediction=pred, concept=concept), perf, concept)
+    X = accepted[contract["features"]]
+    scored = (_scores(model, X, spec), scored_rows(model, spec, accepted, contract["features"])) if len(X) else (None, ([], []))
+    return assemble_check(reference, len(current_raw), accepted, quarantined, *scored, model, contract, spec, **options)
 
 # %% ../nbs/08_monitor.ipynb #142e1509
 def _check_current(current_source, current_format, current_options) -> None:
@@ -420,7 +413,7 @@ def check_options(
     "One message `monitor.key: ...` per monitor option that is not valid, naming its value and what is allowed"
     return option_problems("monitor", _OPTION_RULES, params)
 
-# %% ../nbs/08_monitor.ipynb #f1ac1387
+# %% ../nbs/08_monitor.ipynb #ec1a7fb7
 def _storable(df: pd.DataFrame) -> pd.DataFrame:
     "`df` with each object column whose values mix types (a number and a text) as text, so Parquet can hold it"
     out = df.copy()
@@ -437,4 +430,4 @@ def write_check(
     "Write drift.json, alerts.json and quarantine.parquet (the quarantined rows with their reasons) into the run folder"
     run.write_json("drift.json", check.summary(source, model))
     run.write_json("alerts.json", check.alerts)
-    run.write_parquet("quarantine.parquet", _storable(check.quarantined))
+    if check.counts is None: run.write_parquet("quarantine.parquet", _storable(check.quarantined))  # else written as it streamed

@@ -184,7 +184,7 @@ def _split_part(part: pd.DataFrame, fate: np.ndarray, spec, plan: dict, labels: 
             "profile": {c: _profile(df[c]) for c in df.columns if c not in (spec.target, spec.id_column, spec.time_column)},
             "stats": _capped(column_stats(parts[0], spec, kinds)), "missing": counts}
 
-# %% ../nbs/03_prepare_dask.ipynb #4521d399
+# %% ../nbs/03_prepare_dask.ipynb #3b508709
 SPLITS = ("train", "valid", "test")
 
 def _stream(ddf, client, fate, offsets, args: tuple, out_dir: Path, held_whole) -> tuple:
@@ -220,7 +220,7 @@ def prepare_partitioned(
     client,                          # a distributed Client (`cluster.connect`)
     out_dir: str | Path,             # where a large split is written whole: {split}_all.parquet (the run folder)
     *,
-    sample_rows: int = 500_000,      # at most this many rows of each split are held here (a stratified sample beyond)
+    sample_rows: int = 250_000,      # at most this many rows of each split are held here (a stratified sample beyond)
     duplicate_keep: str = "first", exact_duplicates: str = "auto", test_size: float = 0.2, valid_size: float = 0.2,
     parse_threshold: float = 0.95, clip_method: str = "quantile", clip_quantiles=(0.005, 0.995), iqr_k: float = 1.5,
     min_category_share: float = 0.01, id_unique_share: float = 0.95, ratios: dict | None = None,

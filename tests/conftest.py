@@ -47,7 +47,7 @@ def default_prepared(rows: int = 20_000, seed: int = 42) -> tuple:
     sc = params["scope"]
     spec = ProblemSpec(target=sc["target"], task=sc["task"], positive_class=sc["positive_class"], id_column=sc["id_column"],
                        seed=sc["seed"], primary_metric=sc["primary_metric"])
-    return spec, prepare_data(make_churn(rows, seed=seed), spec, **{k: v for k, v in params["prepare"].items() if k != "run_dir"})
+    return spec, prepare_data(make_churn(rows, seed=seed), spec, **{k: v for k, v in params["prepare"].items() if k not in ("run_dir", "cluster", "sample_rows")})
 
 
 def free_port() -> int:

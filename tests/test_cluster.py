@@ -51,6 +51,9 @@ def test_the_pipeline_on_a_local_cluster_matches_the_run_in_process(project, goo
     page = (on / "05_train.html").read_text()
     assert "Ran on the Dask cluster at" in page and "dashboard" in page and "2 worker(s)" in page
     assert "The folds ran there as" in (on / "06_evaluate.html").read_text()
+    checked, checked_here = read(on, "drift.json"), read(here_run, "drift.json")  # the batch read and scored in partitions
+    assert [checked[k] for k in ("rows", "accepted", "quarantined")] == [checked_here[k] for k in ("rows", "accepted", "quarantined")]
+    assert "Ran on the Dask cluster at" in (on / "08_monitor.html").read_text()
 
     test = pd.read_parquet(here_run / "test.parquet").drop(columns="churn")
     test.to_parquet(tmp_path / "batch.parquet")
@@ -62,3 +65,28 @@ def test_the_pipeline_on_a_local_cluster_matches_the_run_in_process(project, goo
         outs[name] = pd.read_parquet(tmp_path / f"{name}.parquet")
     assert "scored on 2 Dask worker(s)" in s.stdout, s.stdout
     pd.testing.assert_frame_equal(outs["on"], outs["here"])
+
+
+def test_a_split_larger_than_sample_rows_is_written_whole_and_sampled(project, good_run, tmp_path):
+    "prepare.sample_rows below the splits' sizes: each split whole in {split}_all.parquet, a stratified sample held for the later stages, the explore tables over every row"
+    proj = tmp_path / "project"
+    shutil.copytree(project.path, proj, symlinks=True)
+    here = SimpleNamespace(path=proj, env={**project.env, "BENTOML_HOME": str(proj / "bentoml_home")})
+    r = cli(here, "run", *SMALL, "--set", f"DEFAULT.cluster={LOCAL}", "--set", "acquire.partition_rows=700",
+            "--set", "prepare.sample_rows=400", "--stages", "scope,acquire,prepare,explore", "--force")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    on = proj / r.stdout.strip().splitlines()[-1]
+    prepared, here_prepared = (json.loads((run / "prepare.json").read_text()) for run in (on, good_run.dir))
+    assert prepared["splits"] == here_prepared["splits"]  # the same splits, written whole
+    for name, split in prepared["sample"].items():
+        whole, held = pd.read_parquet(on / f"{name}_all.parquet"), pd.read_parquet(on / f"{name}.parquet")
+        assert split["file"] == f"{name}_all.parquet" and len(whole) == split["rows"] > 400 >= len(held) == split["held"] > 350
+        assert set(held.customer_id) <= set(whole.customer_id)
+        share = lambda t: (t.churn == "Yes").mean()
+        assert abs(share(held) - share(whole)) < 0.01, name  # stratified
+    assert json.loads((on / "contract.json").read_text()) == json.loads((good_run.dir / "contract.json").read_text())
+    page = (on / "03_prepare.html").read_text()
+    assert "Fitted on a stratified sample of" in page and "rows held here" in page
+    explored = (on / "04_explore.html").read_text()
+    rows = prepared["splits"]["train"]["rows"]
+    assert f"The summary tables below cover all {rows:,} rows of the training split" in explored, explored[-3000:]
