@@ -38,7 +38,7 @@ def labelled_performance(
                      spec.primary_metric: value})
     return pd.DataFrame(rows, columns=["data", "labelled rows", "labelled (share of rows)", spec.primary_metric])
 
-# %% ../nbs/08_concept.ipynb #b937f0e7
+# %% ../nbs/08_concept.ipynb #7067135a
 def scored_rows(
     model,              # a fitted classifier or regressor
     spec: ProblemSpec,  # the target and task
@@ -46,8 +46,8 @@ def scored_rows(
     features: list,     # the feature columns the model takes
 ) -> tuple:
     "(y, scores) on the labelled rows of `frame`: labels read as the model's classes; P(positive), class probabilities or predictions"
-    if spec.target not in frame.columns: return np.array([]), np.array([])
-    keep = frame[spec.target].notna()
+    keep = frame[spec.target].notna() if spec.target in frame.columns else pd.Series(False, index=frame.index)
+    if not keep.any(): return np.array([], dtype=object if spec.task != "regression" else float), np.array([])
     y, X = frame.loc[keep, spec.target], frame.loc[keep, features]
     if spec.task == "regression": return y.astype(float).to_numpy(), np.asarray(model.predict(X), dtype=float)
     y = class_labels(y, classes=model.classes_).to_numpy()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['MISSING_TOKENS', 'DATE_FORMATS', 'KINDS', 'text_and_missing', 'is_text', 'parse_numbers', 'to_dates',
+__all__ = ['MISSING_TOKENS', 'DATE_FORMATS', 'KINDS', 'text_and_missing', 'is_text', 'numpy_dtypes', 'parse_numbers', 'to_dates',
            'best_date_format', 'parse_dates', 'column_kind', 'days_since_epoch', 'is_binned', 'group_labels']
 
 # %% ../nbs/00_kinds.ipynb #9055851c
@@ -28,6 +28,23 @@ def is_text(
 ) -> bool:
     "Whether `s` holds text (object or string dtype, not a pandas categorical)"
     return (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)) and not isinstance(s.dtype, pd.CategoricalDtype)
+
+# %% ../nbs/00_kinds.ipynb #ad67a8cc
+_NULLABLE = (pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray, pd.arrays.StringArray,
+             pd.arrays.ArrowStringArray)
+
+def numpy_dtypes(
+    df: pd.DataFrame,  # any table
+) -> pd.DataFrame:
+    "`df` with its nullable extension columns (Int64, Float64, boolean, string) as NumPy dtypes; missing as NaN or None"
+    casts = {}
+    for c in df.columns:
+        if not isinstance(df[c].array, _NULLABLE): continue
+        kind, gaps = df[c].dtype.kind, bool(df[c].isna().any())
+        casts[c] = (("float64" if gaps else "int64") if kind in "iu" else "float64" if kind == "f"
+                    else ("object" if gaps else "bool") if kind == "b" else "object")
+    if not casts: return df
+    return df.assign(**{c: df[c].astype(t).where(df[c].notna(), None) if t == "object" else df[c].astype(t) for c, t in casts.items()})
 
 # %% ../nbs/00_kinds.ipynb #2abc723b
 _THOUSANDS = r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?$"

@@ -296,7 +296,7 @@ def watched_model(
     return Watched(model, run.read_json("contract.json"), spec, info, reference_data(run), "this run's prepared splits",
                    *_held_out_of_run(run, model, spec, info))
 
-# %% ../nbs/08_monitor.ipynb #85f8aae2
+# %% ../nbs/08_monitor.ipynb #ad61ec73
 @dataclass
 class BatchCheck:
     "One batch checked against the reference and the watched model"
@@ -308,7 +308,7 @@ class BatchCheck:
     alerts: list               # `drift_alerts`
     performance: pd.DataFrame  # the primary metric on labelled rows (`labelled_performance`)
     concept: dict | None = None  # `concept_drift` of the labelled rows against held-out reference rows (None: not checked)
-    counts: dict | None = None   # {"accepted", "quarantined", "reasons"} over all rows when the frames hold only some
+    counts: dict | None = None   # {"accepted", "quarantined", "labelled", "reasons"} over all rows when the frames hold only some
 
     @property
     def n_accepted(self) -> int: return self.counts["accepted"] if self.counts else len(self.accepted)
@@ -338,8 +338,8 @@ def assemble_check(
     rows: int,                # rows read
     accepted: pd.DataFrame,   # the rows that meet the contract, or a uniform sample of them (`counts` then says how many)
     quarantined: pd.DataFrame,  # the rows that break it (or the first of them)
-    scores,                   # the model's `_scores` of every accepted row
-    labelled: tuple,          # (y, scores) of every accepted row with a label (`concept.scored_rows`)
+    scores,                   # the model's `_scores` of the accepted rows (or of a uniform sample of them)
+    labelled: tuple,          # (y, scores) of the accepted rows with a label (`concept.scored_rows`; or a uniform sample of them)
     model, contract: dict, spec: ProblemSpec,  # the watched model, its contract, the problem
     *, counts: dict | None = None, threshold: float | None = None, p_threshold: float = 0.01, psi_threshold: float = 0.2,
     max_drifted_share: float = 0.3, held_out: tuple | None = None, alpha: float = 0.01,  # as `check_batch` takes them
@@ -353,8 +353,9 @@ def assemble_check(
     pred = prediction_drift(_scores(model, reference[feats], spec), scores, p_threshold=p_threshold, psi_threshold=psi_threshold)
     on = len(labelled[0]) > 0  # scored once labels arrive
     perf, concept = labelled_performance(model, spec, {"reference (training snapshot)": reference} if on else {}, feats, threshold=threshold), None
+    n_labelled = counts.get("labelled", len(labelled[0])) if counts else len(labelled[0])  # (a cluster scores a sample of them)
     if on: perf = pd.concat([perf, scored_performance(spec, "current", labelled, classes=classes, threshold=threshold).assign(
-        **{"labelled (share of rows)": len(labelled[0]) / n_accepted})], ignore_index=True)
+        **{"labelled rows": n_labelled, "labelled (share of rows)": n_labelled / n_accepted})], ignore_index=True)
     if held_out is not None and on:  # the held-out rows were scored by a model that did not see them
         perf = pd.concat([scored_performance(spec, "reference (held out)", held_out, classes=classes, threshold=threshold), perf],
                          ignore_index=True)

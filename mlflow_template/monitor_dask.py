@@ -17,30 +17,43 @@ from .core import Appender, as_text, atomic_path
 from .monitor import BatchCheck, _scores, assemble_check, quarantine_reasons
 
 # %% auto #0
-__all__ = ['SAMPLE_ROWS', 'SHOWN_QUARANTINE', 'check_partitioned']
+__all__ = ['SAMPLE_ROWS', 'SCORED_ROWS', 'SHOWN_QUARANTINE', 'check_partitioned']
 
-# %% ../nbs/08_monitor_dask.ipynb #fe142435
-SAMPLE_ROWS = 50_000   # accepted rows the feature drift is measured on, as `feature_drift` samples without a cluster
-SHOWN_QUARANTINE = 1_000  # quarantined rows kept for the report (all of them are written)
+# %% ../nbs/08_monitor_dask.ipynb #ebfd9db9
+SAMPLE_ROWS = 50_000     # accepted rows the feature drift is measured on, as `feature_drift` samples without a cluster
+SCORED_ROWS = 1_000_000  # accepted (and labelled) rows whose scores the prediction drift and the performance are measured on
+SHOWN_QUARANTINE = 1_000 # quarantined rows kept for the report (all of them are written)
 
-def _check_part(part: pd.DataFrame, seed: int, model, contract: dict, spec, k: int) -> dict:
-    "One partition validated and scored: counts, scores, labelled scores, its quarantined rows and its sample candidates (run by a worker)"
+def _check_part(part: pd.DataFrame, seed: int, model, contract: dict, spec, k: int, m: int) -> dict:
+    "One partition validated; its quarantined rows, counts, and the accepted rows of its `k` (`m`) smallest random keys, scored (run by a worker)"
     accepted, quarantined = validate_rows(part, contract)
-    feats = contract["features"]
-    scores = _scores(model, accepted[feats], spec).to_numpy(float) if len(accepted) else np.array([])
-    y, s = scored_rows(model, spec, accepted, feats) if len(accepted) else (np.array([]), np.array([]))
-    keys = np.random.default_rng(seed).random(len(accepted))
-    pick = np.argsort(keys, kind="stable")[:k]
-    return {"rows": len(part), "accepted": len(accepted), "scores": scores, "sample": accepted.iloc[pick], "keys": keys[pick],
-            "y": y if spec.task == "regression" else pd.Categorical(y), "s": s, "quarantined": quarantined}
+    feats, keys = contract["features"], np.random.default_rng(seed).random(len(accepted))
+    order = np.argsort(keys, kind="stable")
+    top = accepted.iloc[order[:m]]
+    scores = _scores(model, top[feats], spec).to_numpy(float) if len(top) else np.array([])
+    labelled = top[spec.target].notna().to_numpy() if spec.target in top.columns else np.zeros(len(top), bool)
+    y, s = scored_rows(model, spec, top, feats)
+    return {"rows": len(part), "accepted": len(accepted), "labelled": int(accepted[spec.target].notna().sum()) if spec.target in
+            accepted.columns else 0, "sample": (accepted.iloc[order[:k]], keys[order[:k]]), "scores": (scores, keys[order[:m]]),
+            "scored": ((y, s), keys[order[:m]][labelled]), "quarantined": quarantined}
 
-def _smallest(a: tuple, b: tuple, k: int) -> tuple:
-    "(rows, keys): the `k` rows of `a` and `b` with the smallest keys"
-    rows, keys = pd.concat([a[0], b[0]]), np.concatenate([a[1], b[1]])
-    pick = np.argsort(keys, kind="stable")[:k]
-    return rows.iloc[pick], keys[pick]
+def _join(a, b):
+    "Two parts of one thing, one after the other: frames, arrays, or tuples of them"
+    if isinstance(a, tuple): return tuple(_join(x, y) for x, y in zip(a, b))
+    return pd.concat([a, b]) if isinstance(a, pd.DataFrame) else np.concatenate([a, b])
 
-# %% ../nbs/08_monitor_dask.ipynb #89ba2784
+def _take(x, pick):
+    if isinstance(x, tuple): return tuple(_take(v, pick) for v in x)
+    return x.iloc[pick] if isinstance(x, pd.DataFrame) else x[pick]
+
+def _smallest(a: tuple | None, b: tuple, k: int) -> tuple:
+    "(rows, keys): the `k` rows of `a` (None: none yet) and `b` with the smallest keys; rows a frame, an array or a tuple of them"
+    if a is None or not len(a[1]): return b if len(b[1]) or a is None else a
+    rows, keys = _join(a[0], b[0]), np.concatenate([a[1], b[1]])
+    pick = np.argsort(keys, kind="stable")[:k]
+    return _take(rows, pick), keys[pick]
+
+# %% ../nbs/08_monitor_dask.ipynb #ea47b493
 def check_partitioned(
     reference: pd.DataFrame,  # the watched model's reference rows (`monitor.watched_model`)
     source: str,              # the current data, as `acquire_dask.read_partitions` reads it
@@ -51,27 +64,30 @@ def check_partitioned(
     format: str = "",         # force the source's format
     read_options: dict | None = None,  # acquire options for the source
     sample_rows: int = SAMPLE_ROWS,    # accepted rows the feature drift is measured on
-    seed: int = 0,            # the sample's seed
+    scored_rows: int = SCORED_ROWS,    # accepted rows the prediction drift and the labelled performance are measured on
+    seed: int = 0,            # the samples' seed
     **options,                # threshold, p_threshold, psi_threshold, max_drifted_share, held_out, alpha (`monitor.assemble_check`)
 ) -> BatchCheck:
     "`monitor.check_batch` of a batch read and scored in partitions by the cluster's workers"
     ddf, _ = read_partitions(source, format, **(read_options or {}))
     fitted = client.scatter(model, broadcast=True)  # sent to each worker once
-    rows = n_acc = n_q = 0
-    scores, ys, ss, shown, reasons, sample = [], [], [], [], [], (ddf._meta.iloc[:0], np.array([]))
+    n = dict.fromkeys(("rows", "accepted", "labelled"), 0)
+    shown, reasons, q, sample, scores, scored = [], [], 0, None, None, None
     with atomic_path(quarantine) as tmp, Appender(tmp, "parquet") as out:
-        for got in in_order(ddf, client, _check_part, fitted, contract, spec, sample_rows, each=lambda i: (seed + i,)):
-            rows, n_acc, n_q = rows + got["rows"], n_acc + got["accepted"], n_q + len(got["quarantined"])
-            scores.append(got["scores"]); ys.append(got["y"]); ss.append(got["s"])
-            sample = _smallest(sample, (got["sample"], got["keys"]), sample_rows)
+        for got in in_order(ddf, client, _check_part, fitted, contract, spec, sample_rows, scored_rows, each=lambda i: (seed + i,)):
+            n = {k: v + got[k] for k, v in n.items()}
+            sample, scores = _smallest(sample, got["sample"], sample_rows), _smallest(scores, got["scores"], scored_rows)
+            scored = _smallest(scored, got["scored"], scored_rows)
             if len(got["quarantined"]):
+                q += len(got["quarantined"])
                 out.write(as_text(got["quarantined"]))
                 reasons.append(quarantine_reasons(got["quarantined"]))
                 if sum(map(len, shown)) < SHOWN_QUARANTINE: shown.append(got["quarantined"].head(SHOWN_QUARANTINE))
-        if not n_q: out.write(as_text(ddf._meta.assign(quarantine_reason=pd.Series(dtype=object))))  # an empty file, its columns
-    y = (pd.api.types.union_categoricals(ys) if spec.task != "regression" and ys else np.concatenate(ys) if ys else np.array([]))
+        if not q: out.write(as_text(ddf._meta.assign(quarantine_reason=pd.Series(dtype=object))))  # an empty file, its columns
     reasons = (pd.concat(reasons).groupby("reason", sort=False).rows.sum().sort_values(ascending=False, kind="stable").reset_index()
                if reasons else pd.DataFrame(columns=["reason", "rows"]))
-    return assemble_check(reference, rows, sample[0].reset_index(drop=True), pd.concat(shown, ignore_index=True).head(SHOWN_QUARANTINE)
-                          if shown else pd.DataFrame(), np.concatenate(scores), (np.asarray(y), np.concatenate(ss)),
-                          model, contract, spec, counts={"accepted": n_acc, "quarantined": n_q, "reasons": reasons}, **options)
+    counts = {"accepted": n["accepted"], "quarantined": q, "labelled": n["labelled"], "reasons": reasons}
+    return assemble_check(reference, n["rows"], sample[0].reset_index(drop=True) if sample else ddf._meta.iloc[:0],
+                          pd.concat(shown, ignore_index=True).head(SHOWN_QUARANTINE) if shown else pd.DataFrame(),
+                          scores[0] if scores else np.array([]), scored[0] if scored else (np.array([]), np.array([])),
+                          model, contract, spec, counts=counts, **options)

@@ -82,36 +82,40 @@ def _sum_reports(got: list) -> tuple[pd.DataFrame, dict, list]:
     ints = [c for c in got[0]["whole"] if all(g["whole"][c] for g in got)]
     return conv[_CONVERSION_COLUMNS], target, ints
 
-# %% ../nbs/03_prepare_dask.ipynb #c9598c41
+# %% ../nbs/03_prepare_dask.ipynb #87f88756
 def decide_rows(
-    got: list,              # `_keys` of every partition, in order
+    got: list,              # `_keys` of every partition, in order (their arrays are taken out)
     spec,                   # the problem spec
     *, keep: str, exact: str, test_size: float, valid_size: float,  # as `prepare_data` takes them
     sample_rows: int,       # a split with more rows is written whole and sampled for this process
 ) -> tuple:
     "(each row's fate, the duplicates report, whether ids repeat, rows per split, whether each split is held whole)"
-    cat = lambda k: np.concatenate([g[k] for g in got])
+    cat = lambda k: np.concatenate([g.pop(k) for g in got])  # each partition's arrays let go as they are joined
     key, stratum = cat("key"), cat("stratum")
     frame = pd.DataFrame({"__row__": cat("row")})
     if got[0]["has_id"] is not None: frame[spec.id_column] = pd.arrays.IntegerArray(key.copy(), ~cat("has_id"))
     if got[0]["time"] is not None: frame[spec.time_column] = cat("time")
     elif spec.time_column: raise KeyError(f"time_column {spec.time_column!r} is not a column of the data")
     kept, dup = deduplicate(frame, spec, keep=keep, exact=exact)
+    del frame
     pos, ided = kept.index.to_numpy(), spec.id_column in kept.columns
     time = pd.Series(kept[spec.time_column].to_numpy()) if spec.time_column else None
     split = split_codes(key[pos], stratum[pos], test_size, valid_size, time)
-    if ided and (pd.DataFrame({"id": kept[spec.id_column], "s": split}).dropna().groupby("id").s.nunique() > 1).any():
+    ids = kept[spec.id_column] if ided else None
+    repeated = ids.duplicated(keep=False).to_numpy() & ids.notna().to_numpy() if ided else None
+    if ided and repeated.any() and (pd.DataFrame({"id": ids[repeated], "s": split[repeated]}).groupby("id").s.nunique() > 1).any():
         raise ValueError(f"an {spec.id_column} straddles splits")  # only a collision of 64-bit keys could do it
+    grouped = ided and bool(repeated.any() or ids.isna().sum() > 1)  # as `not ids.is_unique`: two rows without an id repeat one
     fate = np.full(len(key), -1, np.int8)
     fate[pos] = split
     rows = np.bincount(split, minlength=3)
     for s in range(3):
         here = pos[split == s]
-        if rows[s] > sample_rows:  # each class its share of the sample: the rows of its smallest keys (whole ids)
-            here = np.concatenate([r[np.argsort(key[r], kind="stable")[:round(sample_rows * len(r) / rows[s])]]
+        if rows[s] > sample_rows:  # each class its share of the sample (at least one row): the rows of its smallest keys
+            here = np.concatenate([r[np.argsort(key[r], kind="stable")[:max(1, round(sample_rows * len(r) / rows[s]))]]
                                    for r in (here[stratum[here] == c] for c in np.unique(stratum[here]))])
         fate[here] += 3
-    return fate, dup, ided and not kept[spec.id_column].is_unique, rows, rows <= sample_rows
+    return fate, dup, grouped, rows, rows <= sample_rows
 
 # %% ../nbs/03_prepare_dask.ipynb #2b821d90
 def _countable(s: pd.Series) -> bool:
@@ -184,8 +188,22 @@ def _split_part(part: pd.DataFrame, fate: np.ndarray, spec, plan: dict, labels: 
             "profile": {c: _profile(df[c]) for c in df.columns if c not in (spec.target, spec.id_column, spec.time_column)},
             "stats": _capped(column_stats(parts[0], spec, kinds)), "missing": counts}
 
-# %% ../nbs/03_prepare_dask.ipynb #3b508709
+# %% ../nbs/03_prepare_dask.ipynb #12c13d94
 SPLITS = ("train", "valid", "test")
+
+def _read(path: Path):
+    "A Parquet file in partitions (a row group each), typed as pandas reads it whole"
+    import dask, dask.dataframe as dd, pyarrow as pa, pyarrow.parquet as pq
+    meta = pq.ParquetFile(path).metadata
+    def nulls(j):  # a row group without statistics may hold NULLs
+        return any(not (c := meta.row_group(i).column(j)).is_stats_set or c.statistics.null_count for i in range(meta.num_row_groups))
+    schema = meta.schema.to_arrow_schema()
+    # an integer (boolean) column with NULLs in some row groups reads as floats (objects) there and as integers elsewhere
+    casts = {f.name: "float64" if pa.types.is_integer(f.type) else "object" for j, f in enumerate(schema)
+             if (pa.types.is_integer(f.type) or pa.types.is_boolean(f.type)) and nulls(j)}
+    with dask.config.set({"dataframe.convert-string": False}):
+        ddf = dd.read_parquet(str(path), split_row_groups=True)
+    return ddf.astype(casts) if casts else ddf
 
 def _stream(ddf, client, fate, offsets, args: tuple, out_dir: Path, held_whole) -> tuple:
     "The third pass: (held frames, hashes, merged profiles, merged train statistics, missing counts) with the large splits written"
@@ -207,10 +225,8 @@ def _stream(ddf, client, fate, offsets, args: tuple, out_dir: Path, held_whole) 
 def _checks(client, out_dir: Path, held: dict, held_whole: dict):
     "contract -> the validation and test splits' `contract_report`s, over all their rows"
     def check(contract):
-        import dask.dataframe as dd
         return {n: contract_report(held[n], contract) if held_whole[n] else
-                merge_reports(list(in_order(dd.read_parquet(str(out_dir / f"{n}_all.parquet"), split_row_groups=True),
-                                            client, contract_report, contract)))
+                merge_reports(list(in_order(_read(out_dir / f"{n}_all.parquet"), client, contract_report, contract)))
                 for n in ("valid", "test")}
     return check
 
@@ -227,22 +243,22 @@ def prepare_partitioned(
     leakage_threshold: float = 0.99, drop_leaky: bool = True,  # as `prepare.prepare_data` takes them
 ) -> Prepared:
     "The prepare stage over the snapshot's partitions, with the decisions `prepare_data` makes on the whole table"
-    import dask, dask.dataframe as dd, pyarrow.parquet as pq
+    import pyarrow.parquet as pq
     ratios = dict(ratios or {})
     _check_options(duplicate_keep, exact_duplicates, test_size, valid_size, parse_threshold, clip_method, clip_quantiles, iqr_k,
                    min_category_share, id_unique_share, ratios, leakage_threshold)
     if not isinstance(sample_rows, int) or isinstance(sample_rows, bool) or sample_rows < 1:
         raise ValueError(f"sample_rows must be a whole number of rows above 0, got {sample_rows!r}")
     path, out_dir = Path(path), Path(out_dir)
-    with dask.config.set({"dataframe.convert-string": False}): ddf = dd.read_parquet(str(path), split_row_groups=True)
+    ddf = _read(path)
     labels, plan, look = first_look(ddf, client, spec, pq.ParquetFile(path).metadata.num_rows, parse_threshold)
     got = list(in_order(ddf, client, _keys, spec, plan, labels, sorted(set(labels.values())) or [""], window=8))
     conversions, target_report, ints = _sum_reports(got)
     if spec.task == "regression" and not sum(len(g["key"]) for g in got):
         raise ValueError(f"target {spec.target!r} has no numbers to learn from")
+    offsets = np.cumsum([0] + [len(g["key"]) for g in got])
     fate, dup, grouped, rows, whole = decide_rows(got, spec, keep=duplicate_keep, exact=exact_duplicates, test_size=test_size,
                                                   valid_size=valid_size, sample_rows=sample_rows)
-    offsets = np.cumsum([0] + [len(g["key"]) for g in got])
     del got
     kinds = _kinds(_clean(look, spec, plan, labels, ints)[0], spec)
     held, hashes, profile, stats, missing = _stream(ddf, client, fate, offsets, (spec, plan, labels, ints, kinds), out_dir, whole)

@@ -74,8 +74,8 @@ PUBLIC_API = {
                  'check_quantiles', 'check_ratios', 'clip_report', 'column_profile', 'drop_columns', 'feature_roles',
                  'iqr_fences', 'leakage_check', 'ratio_report'},
     "kinds": {'DATE_FORMATS', 'KINDS', 'MISSING_TOKENS', 'best_date_format', 'column_kind', 'days_since_epoch',
-             'group_labels', 'is_binned', 'is_text', 'parse_dates', 'parse_numbers', 'text_and_missing',
-             'to_dates'},
+              'group_labels', 'is_binned', 'is_text', 'numpy_dtypes', 'parse_dates', 'parse_numbers',
+              'text_and_missing', 'to_dates'},
     "labels": {'class_labels', 'decision_threshold', 'is_positive', 'label_text', 'positive_flag',
               'positive_index', 'positive_scores', 'predict_table', 'threshold_labels'},
     "metrics": {'DEFAULT_METRIC', 'LOWER_IS_BETTER', 'METRICS', 'Metric', 'TASKS', 'compute_metrics', 'is_better',
@@ -140,7 +140,7 @@ PUBLIC_API = {
                      'write_snapshot'},
     "prepare_dask": {'DISTINCT', 'LOOK_ROWS', 'SPLITS', 'decide_rows', 'feature_roles_of', 'final_profile',
                      'first_look', 'prepare_partitioned'},
-    "monitor_dask": {'SAMPLE_ROWS', 'SHOWN_QUARANTINE', 'check_partitioned'},
+    "monitor_dask": {'SAMPLE_ROWS', 'SCORED_ROWS', 'SHOWN_QUARANTINE', 'check_partitioned'},
     "explore_dask": {'summaries_partitioned'},
 }
 
