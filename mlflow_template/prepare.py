@@ -57,17 +57,18 @@ def _convert(s: pd.Series, to: str, fmt: str) -> tuple[pd.Series | None, dict]:
                  "missing tokens": int((miss & s.notna().to_numpy()).sum()),
                  "not parsed (now missing)": 0 if out is None else int(out.isna().sum() - miss.sum()), "note": note}
 
-# %% ../nbs/03_prepare.ipynb #9c881086
+# %% ../nbs/03_prepare.ipynb #4ec82147
 def repair_plan(
     df: pd.DataFrame,          # the raw table, or a sample of its rows
     spec: ProblemSpec,         # its target and id column are left as they are
     threshold: float = 0.95,   # convert a text column when at least this share of its non-missing values parse
     sample: int = 10_000,      # decide on a seeded sample of at most this many values per column
+    values: dict | None = None,  # {column: its present values gathered elsewhere} to decide on instead of `df`'s (partitions)
 ) -> dict:
     "{text column: (what it becomes, date format)}: boolean, number, date or text (kept: a code with leading zeros)"
     check_fraction(threshold, "threshold")
-    plan = {c: _decide(df[c], threshold, sample, spec.seed) for c in df.columns
-            if c not in (spec.target, spec.id_column) and is_text(df[c])}
+    plan = {c: _decide(df[c] if values is None else values.get(c, df[c].iloc[:0]), threshold, sample, spec.seed)
+            for c in df.columns if c not in (spec.target, spec.id_column) and is_text(df[c])}
     return {c: d for c, d in plan.items() if d is not None}
 
 def apply_repairs(

@@ -138,8 +138,8 @@ PUBLIC_API = {
                'split_data', 'split_keys', 'split_strata', 'split_units'},
     "acquire_dask": {'WORKER_FORMATS', 'acquire_partitioned', 'check_partitions', 'read_partitions',
                      'write_snapshot'},
-    "prepare_dask": {'DISTINCT', 'LOOK_ROWS', 'SPLITS', 'decide_rows', 'feature_roles_of', 'final_profile',
-                     'first_look', 'prepare_partitioned'},
+    "prepare_dask": {'DISTINCT', 'LOOK_ROWS', 'PLAN_VALUES', 'SPLITS', 'decide_rows', 'feature_roles_of',
+                     'final_profile', 'first_look', 'prepare_partitioned'},
     "monitor_dask": {'SAMPLE_ROWS', 'SCORED_ROWS', 'SHOWN_QUARANTINE', 'check_partitioned'},
     "explore_dask": {'summaries_partitioned'},
 }
