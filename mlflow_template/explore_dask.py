@@ -14,7 +14,7 @@ from .kinds import column_kind
 # %% auto #0
 __all__ = ['summaries_partitioned']
 
-# %% ../nbs/04_explore_dask.ipynb #3be10e4c
+# %% ../nbs/04_explore_dask.ipynb #5429788d
 def summaries_partitioned(
     ddf,                  # the training split in partitions (`dask.dataframe.read_parquet` of train_all.parquet)
     sample: pd.DataFrame, # rows of it held here (their kinds are the table's)
@@ -55,5 +55,5 @@ def _target_table(counts: pd.Series, missing: int, rows: int, spec, sample: pd.D
         stats_.loc["missing"] = missing
         return pd.DataFrame({"statistic": stats_.index, "value": stats_.to_numpy(dtype=float)})
     shape = target_summary(sample, spec)  # the held rows: every class with its flags, in the in-memory table's order
-    return shape.assign(rows=shape["class"].map(lambda c: int(counts.get(None if c == "missing" else c, 0))),
+    return shape.assign(rows=shape["class"].map(lambda c: int(missing) if c == "missing" else int(counts.get(c, 0))),
                         **{"share of rows": lambda t: t.rows / max(rows, 1)}).sort_values("rows", ascending=False, kind="stable")
